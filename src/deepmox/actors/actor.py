@@ -1,0 +1,210 @@
+"""One actor: one run of one job under one budget.
+
+The actor gets its job row and the supervisor's services, nothing else. It
+decodes the payload, reloads its checkpoint, and runs the kind's next steps;
+after each step it writes the checkpoint (fenced by the lease token) and
+checks whether the next step's expected cost fits in what is left of the
+budget. When it does not, the actor hands the job back as a continuation. The
+supervisor's cancel scope enforces the budget; :meth:`Actor.on_cancelled`
+tells an overrun from a release at shutdown.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import msgspec
+import trio
+
+from ..errors import ErrorClass, JobError, LeaseLostError, RateLimitedError, TransientError
+from ..jobs import Claimed, EventType, JobState
+from ..supervisor import policy
+from ..supervisor.budget import CostModel
+from .kind import Kind
+
+log = logging.getLogger("deepmox.actor")
+
+#: a checkpoint write waits at most this long for its answer, shielded from the budget
+CHECKPOINT_GRACE_S = 5.0
+
+
+class Checkpoint(msgspec.Struct, omit_defaults=True):
+    done: dict[str, Any] = msgspec.field(default_factory=dict)
+    failures: dict[str, int] = msgspec.field(default_factory=dict)
+
+
+_encode = msgspec.json.Encoder().encode
+
+
+class Host(Protocol):
+    """The supervisor, as an actor sees it."""
+
+    costs: CostModel
+    retry_policy: policy.RetryPolicy
+    rng: random.Random
+
+    def wall(self) -> float: ...
+
+    def plan_deadline(self) -> float: ...
+
+    def throttle_until(self, upstream: str) -> float | None: ...
+
+    async def write_checkpoint(self, actor: Actor) -> None: ...
+
+
+@dataclass(slots=True)
+class Finish:
+    """How the run ended: the decision, and what to store with it."""
+
+    decision: policy.Decision
+    result: str | None = None
+
+
+class _Continue(Exception):
+    def __init__(self, run_at: float | None) -> None:
+        self.run_at = run_at
+
+
+class Actor:
+    """Also the :class:`~deepmox.actors.kind.StepContext` its steps see."""
+
+    def __init__(self, host: Host, job: Claimed, kind: Kind, *, budget_s: float,
+                 deadline: float) -> None:
+        self.host = host
+        self.job = job
+        self.job_id = job.id
+        self.kind = job.kind
+        self.attempt = job.attempt
+        self._kind = kind
+        self.budget_s = budget_s
+        self.deadline = deadline
+        self.checkpoint = Checkpoint()
+        self.progress = job.progress
+        self.step: str | None = None
+        self.step_progress = 0.0
+        self._step_first = False
+        self._step_started = 0.0
+        self.outputs: Mapping[str, Any] = self.checkpoint.done
+        self.failures = 0
+
+    # -- StepContext -------------------------------------------------------------
+
+    def remaining(self) -> float:
+        return min(self.deadline, self.host.plan_deadline()) - trio.current_time()
+
+    def report(self, progress: float) -> None:
+        self.step_progress = min(1.0, max(0.0, progress))
+
+    async def wait_throttle(self, upstream: str) -> None:
+        until = self.host.throttle_until(upstream)
+        if until is None:
+            return
+        wait = until - self.host.wall()
+        if wait <= 0:
+            return
+        if wait <= self.remaining() * 0.9:
+            await trio.sleep(wait)
+            return
+        raise _Continue(until)
+
+    # -- the run -----------------------------------------------------------------
+
+    def checkpoint_json(self) -> str:
+        return _encode(self.checkpoint).decode()
+
+    def _fail(self, cls: ErrorClass, message: str) -> Finish:
+        return Finish(policy.Decision(JobState.FAILED, EventType.FAILED,
+                                      error_class=cls, error_message=message))
+
+    async def run(self) -> Finish:
+        try:
+            payload = self._kind.decode_json(self.job.payload)
+        except (msgspec.ValidationError, msgspec.DecodeError, TypeError) as exc:
+            return self._fail(ErrorClass.PERMANENT, f"payload does not decode: {exc}")
+        if self.job.checkpoint is not None:
+            try:
+                self.checkpoint = msgspec.json.decode(self.job.checkpoint, type=Checkpoint)
+            except (msgspec.ValidationError, msgspec.DecodeError, TypeError) as exc:
+                return self._fail(ErrorClass.PERMANENT, f"checkpoint does not decode: {exc}")
+        done = self.checkpoint.done
+        self.outputs = done
+        first = True
+        while True:
+            try:
+                steps = self._kind.plan(payload, done)
+            except JobError as exc:
+                return self._on_error(exc, "plan")
+            except Exception as exc:
+                return self._on_unexpected(exc, "plan")
+            todo = [s for s in steps if s.name not in done]
+            if not todo:
+                try:
+                    result = self._kind.result(payload, done)
+                    encoded = _encode(result).decode()
+                except Exception as exc:
+                    return self._on_unexpected(exc, "result")
+                self.progress = 1.0
+                return Finish(policy.completed(), result=encoded)
+            nxt = todo[0]
+            expected = self.host.costs.expect(self.kind, nxt.name, nxt.cost_s)
+            if not first and not self.host.costs.fits(expected, self.remaining()):
+                return Finish(policy.continued(now=self.host.wall()))
+            self.step, self.step_progress = nxt.name, 0.0
+            self._step_first, self._step_started = first, trio.current_time()
+            self.failures = self.checkpoint.failures.get(nxt.name, 0)
+            try:
+                output = await nxt.run(self)
+                _encode(output)
+            except _Continue as c:
+                self.step = None
+                return Finish(policy.continued(now=self.host.wall(), run_at=c.run_at))
+            except JobError as exc:
+                return self._on_error(exc, nxt.name)
+            except LeaseLostError:
+                raise
+            except Exception as exc:
+                return self._on_unexpected(exc, nxt.name)
+            self.host.costs.observe(self.kind, nxt.name, trio.current_time() - self._step_started)
+            done[nxt.name] = output
+            self.step = None
+            self.progress = len([s for s in steps if s.name in done]) / max(1, len(steps))
+            first = False
+            # Durable before the next step builds on it; shielded so that the
+            # budget cannot cut the write off halfway (the answer decides
+            # whether this actor still owns the job).
+            with trio.move_on_after(CHECKPOINT_GRACE_S, shield=True):
+                await self.host.write_checkpoint(self)
+
+    def _on_error(self, exc: JobError, step: str) -> Finish:
+        self.checkpoint.failures[step] = self.checkpoint.failures.get(step, 0) + 1
+        self.step = None
+        decision = policy.on_error(
+            exc, now=self.host.wall(), attempt=self.attempt, max_attempts=self.job.max_attempts,
+            deferred_s=self.job.deferred_s, policy=self.host.retry_policy, rng=self.host.rng)
+        if decision.throttle is not None:
+            blocked = self.host.throttle_until(decision.throttle.upstream)
+            if blocked is not None and isinstance(exc, RateLimitedError):
+                decision = policy.on_rate_limited(
+                    exc, now=self.host.wall(), deferred_s=self.job.deferred_s,
+                    policy=self.host.retry_policy, blocked_until=blocked)
+        return Finish(decision)
+
+    def _on_unexpected(self, exc: Exception, where: str) -> Finish:
+        log.error("unexpected error in %s of job %s", where, self.job_id, exc_info=exc)
+        return self._on_error(
+            TransientError(f"unexpected error in {where}: {type(exc).__name__}: {exc}"), where)
+
+    def on_cancelled(self, *, releasing: bool) -> Finish:
+        """The supervisor cancelled this actor: at shutdown (``releasing``) or
+        because the budget ran out."""
+        now = self.host.wall()
+        if releasing or self.step is None:
+            return Finish(policy.released(now=now) if releasing else policy.continued(now=now))
+        spent = trio.current_time() - self._step_started
+        self.host.costs.observe(self.kind, self.step, max(spent, self.budget_s))
+        return Finish(policy.on_budget_exceeded(
+            self.step, had_whole_budget=self._step_first, budget_s=self.budget_s, now=now))

@@ -1,0 +1,61 @@
+"""The registry of job kinds: the built-ins, entry points, configured modules.
+
+Users add kinds without forking deepmox in either of two ways: a package that
+declares an entry point in the group ``deepmox.kinds`` (``name = "pkg.mod:MyKind"``),
+or a module named in ``[supervisor] kind_modules`` that calls
+:func:`register` when imported.
+"""
+
+from __future__ import annotations
+
+import importlib
+from importlib.metadata import entry_points
+from typing import Any
+
+from ..errors import ConfigError
+from .kind import Kind
+
+ENTRY_POINT_GROUP = "deepmox.kinds"
+
+_extra: dict[str, Kind] = {}
+
+
+def register(kind: type[Kind] | Kind) -> type[Kind] | Kind:
+    """Register a kind from a module listed in ``kind_modules``; usable as a
+    class decorator."""
+    instance = kind() if isinstance(kind, type) else kind
+    _extra[instance.name] = instance
+    return kind
+
+
+class Registry:
+    def __init__(self, kinds: dict[str, Kind]) -> None:
+        self._kinds = kinds
+
+    @classmethod
+    def load(cls, modules: list[str] | None = None) -> Registry:
+        from .builtin import BUILTIN
+
+        kinds: dict[str, Kind] = {k.name: k for k in (b() for b in BUILTIN)}
+        for ep in entry_points(group=ENTRY_POINT_GROUP):
+            try:
+                obj: Any = ep.load()
+            except Exception as exc:
+                raise ConfigError(f"entry point {ep.name} = {ep.value} failed: {exc}") from exc
+            instance = obj() if isinstance(obj, type) else obj
+            kinds[instance.name] = instance
+        for module in modules or []:
+            try:
+                importlib.import_module(module)
+            except ImportError as exc:
+                raise ConfigError(
+                    f"cannot import kind module {module!r}: {exc} - at "
+                    "`$.supervisor.kind_modules`") from exc
+        kinds.update(_extra)
+        return cls(kinds)
+
+    def get(self, name: str) -> Kind | None:
+        return self._kinds.get(name)
+
+    def names(self) -> list[str]:
+        return sorted(self._kinds)

@@ -1,0 +1,1 @@
+"""Bindings: the only doors to external state (d1, and later r2, ai, media)."""

@@ -1,0 +1,172 @@
+-- Named queries for the jobs store and the pull cycle, one SQLite dialect for
+-- both D1 backends: positional parameters, no transactions (a batch is atomic).
+-- Lists of rows travel as one JSON parameter read with json_each(), which keeps
+-- every statement under D1's 100-parameter limit whatever the batch size.
+-- Every write that an actor makes is fenced by its lease token.
+
+-- name: insert_job
+INSERT INTO jobs (id, kind, payload, state, priority, run_at, attempt, max_attempts,
+                  idempotency_key, created_at, updated_at)
+VALUES (?, ?, ?, 'pending', ?, ?, 0, ?, ?, ?, ?)
+ON CONFLICT (idempotency_key) DO NOTHING;
+
+-- name: insert_jobs_json
+INSERT INTO jobs (id, kind, payload, state, priority, run_at, attempt, max_attempts,
+                  idempotency_key, created_at, updated_at)
+SELECT j.value->>'id', j.value->>'kind', j.value->>'payload', 'pending', j.value->>'priority',
+       j.value->>'run_at', 0, j.value->>'max_attempts', j.value->>'idempotency_key',
+       j.value->>'ts', j.value->>'ts'
+FROM json_each(?) AS j WHERE true
+ON CONFLICT (idempotency_key) DO NOTHING;
+
+-- name: submitted_events
+-- Only the rows this submission created: a repeated idempotency key inserted nothing.
+INSERT INTO job_events (job_id, type, ts, attempt, state, progress, node)
+SELECT jobs.id, 'submitted', jobs.created_at, 0, 'pending', 0, ?
+FROM json_each(?) AS j JOIN jobs ON jobs.id = j.value;
+
+-- name: jobs_by_id_or_key
+SELECT {JOB_COLUMNS} FROM json_each(?) AS j
+JOIN jobs ON jobs.id = j.value->>'id'
+          OR (j.value->>'key' IS NOT NULL AND jobs.idempotency_key = j.value->>'key');
+
+-- name: get_job
+SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?;
+
+-- name: list_jobs
+SELECT {JOB_COLUMNS} FROM jobs
+WHERE (? IS NULL OR state = ?) AND (? IS NULL OR kind = ?)
+ORDER BY created_at DESC, id DESC LIMIT ?;
+
+-- name: job_events
+SELECT {EVENT_COLUMNS} FROM job_events WHERE job_id = ? ORDER BY id;
+
+-- name: count_by_state
+SELECT state, count(*) AS n FROM jobs GROUP BY state;
+
+-- name: cancel_events
+INSERT INTO job_events (job_id, type, ts, attempt, state, progress, step, detail, node)
+SELECT id, 'cancelled', ?, attempt, 'cancelled', progress, step, ?, ?
+FROM jobs WHERE id = ? AND state IN ('pending', 'in_progress');
+
+-- name: cancel
+UPDATE jobs SET state = 'cancelled', lease_token = NULL, lease_until = NULL,
+                updated_at = ?, finished_at = ?
+WHERE id = ? AND state IN ('pending', 'in_progress');
+
+-- name: retry_events
+INSERT INTO job_events (job_id, type, ts, attempt, state, progress, step, detail, node)
+SELECT id, 'retried', ?, 0, 'pending', progress, step, ?, ?
+FROM jobs WHERE id = ? AND state IN ('failed', 'cancelled');
+
+-- name: retry
+UPDATE jobs SET state = 'pending', attempt = 0, run_at = ?, deferred_s = 0,
+                updated_at = ?, finished_at = NULL
+WHERE id = ? AND state IN ('failed', 'cancelled');
+
+-- name: reap_failed_events
+INSERT INTO job_events (job_id, type, ts, attempt, state, progress, step, error_class, detail, node)
+SELECT id, 'failed', ?, attempt, 'failed', progress, step, 'zombie',
+       'attempts exhausted: the last actor vanished', ?
+FROM jobs WHERE state = 'in_progress' AND lease_until < ? AND attempt >= max_attempts;
+
+-- name: reap_events
+INSERT INTO job_events (job_id, type, ts, attempt, state, progress, step, error_class, detail, node)
+SELECT id, 'reaped', ?, attempt,
+       CASE WHEN attempt >= max_attempts THEN 'failed' ELSE 'pending' END,
+       progress, step, 'zombie',
+       json_object('lease', lease_token, 'owner', lease_owner, 'lease_until', lease_until), ?
+FROM jobs WHERE state = 'in_progress' AND lease_until < ?;
+
+-- name: reap
+UPDATE jobs SET
+    state = CASE WHEN attempt >= max_attempts THEN 'failed' ELSE 'pending' END,
+    error_class = 'zombie',
+    error_message = 'the actor vanished: the lease of ' || coalesce(lease_owner, '?') || ' expired',
+    lease_token = NULL, lease_until = NULL, run_at = ?, updated_at = ?,
+    finished_at = CASE WHEN attempt >= max_attempts THEN ? END
+WHERE state = 'in_progress' AND lease_until < ?;
+
+-- name: claim
+-- Parameters: now, budgets (JSON object kind -> lease seconds), default lease
+-- seconds, token, owner, now, now, kinds (JSON array), cap for these kinds, free slots,
+-- token.
+-- The LIMIT subtracts what earlier claim statements of this batch (same token)
+-- already took, so several per-kind claims never exceed the free slots.
+UPDATE jobs SET state = 'in_progress', attempt = attempt + 1,
+    lease_until = ? + coalesce((SELECT value FROM json_each(?) WHERE key = jobs.kind), ?),
+    lease_token = ?, lease_owner = ?, updated_at = ?
+WHERE id IN (
+    SELECT id FROM jobs INDEXED BY jobs_due
+    WHERE state = 'pending' AND run_at <= ? AND kind IN (SELECT value FROM json_each(?))
+    ORDER BY priority DESC, run_at, id
+    LIMIT max(0, min(?, ? - (SELECT count(*) FROM jobs WHERE lease_token = ?)))
+)
+RETURNING id, kind, payload, attempt, max_attempts, lease_token, lease_until, checkpoint,
+          progress, deferred_s;
+
+-- name: claimed_events
+INSERT INTO job_events (job_id, type, ts, attempt, state, progress, step, detail, node)
+SELECT id, 'claimed', ?, attempt, 'in_progress', progress, step,
+       json_object('lease', lease_token, 'lease_until', lease_until), lease_owner
+FROM jobs WHERE lease_token = ?;
+
+-- name: adopt
+-- Rows claimed by a cycle whose answer never arrived: the claim may have committed.
+SELECT id, kind, payload, attempt, max_attempts, lease_token, lease_until, checkpoint,
+       progress, deferred_s
+FROM jobs WHERE state = 'in_progress' AND lease_token IN (SELECT value FROM json_each(?));
+
+-- name: ack_events
+INSERT INTO job_events (job_id, type, ts, attempt, state, progress, step, error_class, detail, node)
+SELECT jobs.id, a.value->>'event', a.value->>'ts', jobs.attempt,
+       a.value->>'state', coalesce(a.value->>'progress', jobs.progress),
+       coalesce(a.value->>'step', jobs.step), a.value->>'error_class', a.value->>'detail', ?
+FROM json_each(?) AS a CROSS JOIN jobs ON jobs.id = a.value->>'id'
+WHERE jobs.lease_token = a.value->>'tok' AND +jobs.state = 'in_progress';
+
+-- name: ack
+-- The unary + keeps the planner on the primary key, with the JSON rows outside.
+UPDATE jobs SET
+    state = a.value->>'state',
+    attempt = jobs.attempt + (a.value->>'attempt_delta'),
+    run_at = coalesce(a.value->>'run_at', jobs.run_at),
+    checkpoint = CASE WHEN a.value->>'has_checkpoint' THEN a.value->>'checkpoint'
+                      ELSE jobs.checkpoint END,
+    progress = coalesce(a.value->>'progress', jobs.progress),
+    step = coalesce(a.value->>'step', jobs.step),
+    error_class = a.value->>'error_class',
+    error_message = a.value->>'error_message',
+    result = a.value->>'result',
+    deferred_s = jobs.deferred_s + coalesce(a.value->>'deferred_add', 0),
+    lease_token = CASE WHEN a.value->>'state' = 'in_progress' THEN jobs.lease_token END,
+    lease_until = CASE WHEN a.value->>'state' = 'in_progress' THEN jobs.lease_until END,
+    last_ack = a.value->>'ack',
+    updated_at = a.value->>'ts',
+    finished_at = CASE WHEN a.value->>'state' IN ('completed', 'failed', 'cancelled')
+                       THEN a.value->>'ts' END
+FROM json_each(?) AS a
+WHERE jobs.id = a.value->>'id' AND jobs.lease_token = a.value->>'tok'
+  AND +jobs.state = 'in_progress';
+
+-- name: ack_check
+-- Which acks took effect, in this request or in an earlier one whose answer was lost.
+SELECT jobs.id FROM json_each(?) AS a JOIN jobs ON jobs.id = a.value->>'id'
+WHERE jobs.last_ack = a.value->>'ack';
+
+-- name: lease_lost_events
+INSERT INTO job_events (job_id, type, ts, attempt, state, progress, step, error_class, detail, node)
+SELECT jobs.id, 'lease_lost', ?, jobs.attempt, jobs.state, jobs.progress, jobs.step, NULL,
+       l.value->>'detail', ?
+FROM json_each(?) AS l JOIN jobs ON jobs.id = l.value->>'id';
+
+-- name: throttle_extend
+INSERT INTO throttles (upstream, blocked_until, reason, updated_at)
+SELECT t.value->>'upstream', t.value->>'until', t.value->>'reason', ?
+FROM json_each(?) AS t WHERE true
+ON CONFLICT (upstream) DO UPDATE SET
+    blocked_until = max(throttles.blocked_until, excluded.blocked_until),
+    reason = excluded.reason, updated_at = excluded.updated_at;
+
+-- name: throttles_active
+SELECT upstream, blocked_until, reason FROM throttles WHERE blocked_until > ?;

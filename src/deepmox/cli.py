@@ -1,0 +1,264 @@
+"""``deepmox``: the command line.
+
+Exit codes: 0 success, 2 bad usage or refused input, 1 any other failure.
+Errors are one readable line on stderr, never a traceback. Every read command
+takes ``--json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import shutil
+import sys
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, NoReturn
+
+import msgspec
+import trio
+
+from . import __version__, config, logs
+from .client import JobSpec, default_node, open_client
+from .errors import ConfigError, DeepmoxError, JobError, RefusedError
+from .jobs import Event, Job
+
+EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
+_json = msgspec.json.Encoder()
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"deepmox: {message}\n")
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="deepmox", description="The deepmox job daemon and its client.")
+    p.add_argument("--version", action="version", version=f"deepmox {__version__}")
+    p.add_argument("--config", metavar="PATH",
+                   help=f"configuration file (default: ${config.CONFIG_ENV}, ./deepmox.toml, "
+                        "else the embedded defaults)")
+    p.add_argument("--log-format", choices=["json", "text"], default=None,
+                   help="json lines on stdout (default when not a terminal) or text on stderr")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND",
+                           parser_class=_Parser)
+
+    sub.add_parser("run", help="run the daemon until SIGTERM/SIGINT, then drain")
+    sub.add_parser("migrate", help="apply pending schema migrations")
+    sub.add_parser("doctor", help="check the configuration, D1, migrations and tools")
+    sub.add_parser("demo", help="run a daemon on a small demonstration batch, then exit")
+
+    s = sub.add_parser("submit", help="submit a job; prints its id")
+    s.add_argument("kind")
+    s.add_argument("--payload", default="{}", metavar="JSON")
+    s.add_argument("--priority", type=int, default=0)
+    s.add_argument("--idempotency-key", metavar="K")
+    s.add_argument("--max-attempts", type=int, metavar="N")
+    s.add_argument("--json", action="store_true", help="print the job as JSON")
+
+    s = sub.add_parser("status", help="show one job")
+    s.add_argument("id")
+    s.add_argument("--json", action="store_true")
+
+    s = sub.add_parser("jobs", help="list jobs, newest first")
+    s.add_argument("--state", choices=["pending", "in_progress", "completed", "failed",
+                                        "cancelled"])
+    s.add_argument("--kind")
+    s.add_argument("--limit", type=int, default=100, help="at most N jobs; 0 means all")
+    s.add_argument("--json", action="store_true")
+
+    s = sub.add_parser("events", help="show a job's timeline")
+    s.add_argument("id")
+    s.add_argument("--json", action="store_true")
+
+    for name, text in (("cancel", "cancel a pending or running job"),
+                       ("retry", "run a failed or cancelled job again")):
+        s = sub.add_parser(name, help=text)
+        s.add_argument("id")
+        s.add_argument("--json", action="store_true")
+    return p
+
+
+def _print_json(value: Any) -> None:
+    sys.stdout.write(_json.encode(value).decode() + "\n")
+
+
+def _load_config(args: argparse.Namespace) -> config.Config:
+    return config.load(args.config)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    fmt = args.log_format or ("text" if sys.stderr.isatty() else "json")
+    try:
+        cfg = _load_config(args)
+        logs.setup(fmt, cfg.supervisor.node or default_node(),
+                   level=logging.INFO if args.command in ("run", "migrate") else logging.WARNING)
+        handler = _COMMANDS[args.command]
+        return trio.run(handler, cfg, args)
+    except RefusedError as exc:
+        print(f"deepmox: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except ConfigError as exc:
+        print(f"deepmox: configuration error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except JobError as exc:
+        print(f"deepmox: {exc.error_class}: {exc.message}", file=sys.stderr)
+        return EXIT_FAILURE
+    except DeepmoxError as exc:
+        print(f"deepmox: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    except KeyboardInterrupt:
+        return EXIT_FAILURE
+
+
+# -- commands ---------------------------------------------------------------------
+
+async def _run(cfg: config.Config, args: argparse.Namespace) -> int:
+    from .daemon import serve
+
+    await serve(cfg)
+    return EXIT_OK
+
+
+async def _migrate(cfg: config.Config, args: argparse.Namespace) -> int:
+    from .bindings.d1 import open_d1
+    from .bindings.d1.migrate import migrate
+
+    d1 = open_d1(cfg.d1)
+    try:
+        applied = await migrate(d1, _now())
+    finally:
+        await d1.aclose()
+    print(f"applied {len(applied)} migration(s)" + "".join(f"\n  {m.name}" for m in applied))
+    return EXIT_OK
+
+
+def _now() -> float:
+    import time
+
+    return time.time()
+
+
+async def _submit(cfg: config.Config, args: argparse.Namespace) -> int:
+    try:
+        payload = msgspec.json.decode(args.payload)
+    except msgspec.DecodeError as exc:
+        raise RefusedError(f"--payload is not valid JSON: {exc}") from None
+    try:
+        spec = msgspec.convert({"kind": args.kind, "payload": payload, "priority": args.priority,
+                                "max_attempts": args.max_attempts}, JobSpec)
+    except msgspec.ValidationError as exc:
+        raise RefusedError(f"invalid job: {exc}") from None
+    async with open_client(cfg) as client:
+        job, created = await client.submit(spec, args.idempotency_key)
+    if args.json:
+        _print_json(job)
+    else:
+        print(job.id)
+        if not created:
+            print(f"deepmox: idempotency key {args.idempotency_key!r} names an existing job",
+                  file=sys.stderr)
+    return EXIT_OK
+
+
+async def _status(cfg: config.Config, args: argparse.Namespace) -> int:
+    async with open_client(cfg) as client:
+        job = await client.get(args.id)
+    if args.json:
+        _print_json(job)
+    else:
+        from .render import job_detail
+
+        job_detail(job)
+    return EXIT_OK
+
+
+async def _jobs(cfg: config.Config, args: argparse.Namespace) -> int:
+    if args.limit < 0:
+        raise RefusedError("--limit must be 0 (all) or more")
+    async with open_client(cfg) as client:
+        jobs = await client.list_jobs(state=args.state, kind=args.kind, limit=args.limit)
+    if args.json:
+        _print_json(jobs)
+    else:
+        from .render import job_table
+
+        job_table(jobs)
+    return EXIT_OK
+
+
+async def _events(cfg: config.Config, args: argparse.Namespace) -> int:
+    async with open_client(cfg) as client:
+        events = await client.events(args.id)
+    if args.json:
+        _print_json(events)
+    else:
+        from .render import timeline
+
+        timeline(args.id, events)
+    return EXIT_OK
+
+
+def _change(verb: str) -> Callable[[config.Config, argparse.Namespace], Awaitable[int]]:
+    async def command(cfg: config.Config, args: argparse.Namespace) -> int:
+        async with open_client(cfg) as client:
+            job: Job = await getattr(client, verb)(args.id)
+        if args.json:
+            _print_json(job)
+        else:
+            print(f"{job.id} {job.state}")
+        return EXIT_OK
+
+    return command
+
+
+async def _doctor(cfg: config.Config, args: argparse.Namespace) -> int:
+    from .render import doctor_report
+
+    checks: list[tuple[str, bool, str]] = [("configuration", True, _config_source(args))]
+    try:
+        from .bindings.d1 import open_d1
+        from .bindings.d1.migrate import available, current_version
+
+        d1 = open_d1(cfg.d1)
+        try:
+            version = await current_version(d1)
+            latest = available()[-1].version
+            checks.append(("d1 reachable", True, f"backend {cfg.d1.backend}"))
+            checks.append(("migrations", version >= latest,
+                           f"schema version {version}, latest {latest}"
+                           + ("" if version >= latest else " (run: deepmox migrate)")))
+        finally:
+            await d1.aclose()
+    except DeepmoxError as exc:
+        checks.append(("d1 reachable", False, str(exc)))
+    for tool in ("ffmpeg", "ffprobe"):
+        path = shutil.which(tool)
+        checks.append((tool, True, path or "not on PATH (needed by the video kinds, not yet)"))
+    doctor_report(checks)
+    return EXIT_OK if all(ok for _, ok, _ in checks) else EXIT_FAILURE
+
+
+def _config_source(args: argparse.Namespace) -> str:
+    chosen = args.config or os.environ.get(config.CONFIG_ENV)
+    if chosen:
+        return str(chosen)
+    if os.path.exists(config.DEFAULT_CONFIG_FILE):
+        return config.DEFAULT_CONFIG_FILE
+    return "embedded defaults"
+
+
+async def _demo(cfg: config.Config, args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    return await run_demo(cfg)
+
+
+_COMMANDS: dict[str, Callable[[config.Config, argparse.Namespace], Awaitable[int]]] = {
+    "run": _run, "migrate": _migrate, "submit": _submit, "status": _status, "jobs": _jobs,
+    "events": _events, "cancel": _change("cancel"), "retry": _change("retry"),
+    "doctor": _doctor, "demo": _demo,
+}
+
+__all__ = ["Event", "main"]

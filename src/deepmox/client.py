@@ -1,0 +1,126 @@
+"""The Python API that the CLI (and the HTTP API) submit and read through.
+
+:meth:`Client.prepare` is where a job spec is validated: the kind must be
+registered, the payload must decode into the kind's msgspec type and stay
+under 256 KiB. A refused spec raises :class:`~deepmox.errors.RefusedError`
+with a message that says why, and nothing is written.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager
+from typing import Annotated, Any
+
+import msgspec
+
+from . import wake
+from .actors.registry import Registry
+from .bindings.d1 import D1, open_d1
+from .config import MAX_PAYLOAD_BYTES, Config
+from .errors import RefusedError
+from .jobs import Event, Job, dumps, new_id
+from .store import JobStore, NewJob
+
+MAX_PRIORITY = 1_000_000
+MAX_ATTEMPTS_LIMIT = 1_000
+
+
+class JobSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """A submission as clients send it (CLI flags, ``POST /v1/jobs``)."""
+
+    kind: str
+    payload: Any = msgspec.field(default_factory=dict)
+    priority: Annotated[int, msgspec.Meta(ge=-MAX_PRIORITY, le=MAX_PRIORITY)] = 0
+    max_attempts: Annotated[int, msgspec.Meta(ge=1, le=MAX_ATTEMPTS_LIMIT)] | None = None
+
+
+def default_node() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+class Client:
+    def __init__(self, cfg: Config, d1: D1, registry: Registry, *,
+                 wall: Callable[[], float] = time.time, node: str | None = None) -> None:
+        self.cfg = cfg
+        self.d1 = d1
+        self.registry = registry
+        self.wall = wall
+        self.store = JobStore(d1, node=node or cfg.supervisor.node or default_node(), wall=wall)
+
+    def prepare(self, spec: JobSpec, idempotency_key: str | None = None) -> NewJob:
+        kind = self.registry.get(spec.kind)
+        if kind is None:
+            raise RefusedError(
+                f"unknown job kind {spec.kind!r} (known: {', '.join(self.registry.names())})")
+        encoded = dumps(spec.payload)
+        if len(encoded) > MAX_PAYLOAD_BYTES:
+            raise RefusedError(
+                f"payload is {len(encoded):,} bytes; the limit is {MAX_PAYLOAD_BYTES:,}")
+        try:
+            kind.decode(spec.payload)
+        except msgspec.ValidationError as exc:
+            raise RefusedError(f"payload for kind {spec.kind!r} does not decode: {exc}") from None
+        if idempotency_key is not None and not (0 < len(idempotency_key) <= 255):
+            raise RefusedError("an idempotency key must be 1 to 255 characters")
+        now = self.wall()
+        return NewJob(
+            id=new_id(now),
+            kind=spec.kind,
+            payload=encoded,
+            priority=spec.priority,
+            run_at=now,
+            max_attempts=spec.max_attempts or self.cfg.max_attempts_for(spec.kind),
+            idempotency_key=idempotency_key,
+        )
+
+    async def submit(self, spec: JobSpec, idempotency_key: str | None = None
+                     ) -> tuple[Job, bool]:
+        """Submit one job; returns it and whether it is new (False: the
+        idempotency key named an earlier job, which is returned)."""
+        (job, created), = await self.submit_many([(spec, idempotency_key)])
+        return job, created
+
+    async def submit_many(self, specs: Sequence[tuple[JobSpec, str | None]]
+                          ) -> list[tuple[Job, bool]]:
+        """Submit several jobs in one request; all are validated first."""
+        prepared = [self.prepare(spec, key) for spec, key in specs]
+        out = await self.store.submit(prepared)
+        if self.cfg.d1.backend == "sqlite":
+            wake.notify(self.cfg.d1.path)
+        return out
+
+    async def get(self, job_id: str) -> Job:
+        return await self.store.get(job_id)
+
+    async def list_jobs(self, *, state: str | None = None, kind: str | None = None,
+                        limit: int = 100) -> list[Job]:
+        return await self.store.list_jobs(state=state, kind=kind, limit=limit)
+
+    async def events(self, job_id: str) -> list[Event]:
+        return await self.store.events(job_id)
+
+    async def cancel(self, job_id: str) -> Job:
+        return await self.store.cancel(job_id)
+
+    async def retry(self, job_id: str) -> Job:
+        job = await self.store.retry(job_id)
+        if self.cfg.d1.backend == "sqlite":
+            wake.notify(self.cfg.d1.path)
+        return job
+
+    async def counts(self) -> dict[str, int]:
+        return await self.store.counts()
+
+
+@asynccontextmanager
+async def open_client(cfg: Config, registry: Registry | None = None) -> AsyncIterator[Client]:
+    """A client on the configured D1 backend; closes it on exit. Does not migrate."""
+    d1 = open_d1(cfg.d1)
+    try:
+        yield Client(cfg, d1, registry or Registry.load(cfg.supervisor.kind_modules))
+    finally:
+        await d1.aclose()

@@ -1,0 +1,134 @@
+"""deepmox's error hierarchy: one root, families by what the caller can do.
+
+Driver exceptions (sqlite3, httpx2, ...) are translated once, at the binding
+that saw them, into one of the classified :class:`JobError` families below.
+The supervisor switches on :attr:`JobError.error_class`, never on driver types
+or message text.
+
+==================  ============================================================
+family              what the supervisor does
+==================  ============================================================
+TransientError      retry with exponential backoff and full jitter (an attempt)
+RateLimitedError    wait at least ``retry_after``; record a shared throttle; no
+                    attempt used, bounded by a maximum total deferral
+PermanentError      fail at once, never retry
+BudgetExceededError redo from the checkpoint; a step that never fits is permanent
+InvalidOutputError  the AI provider answered nonsense; the next one is tried
+==================  ============================================================
+
+Errors that are not about a job -- a bad configuration, a refused submission,
+a lost lease -- have their own classes, and the CLI turns each into one
+readable line on stderr with a documented exit code.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class ErrorClass(StrEnum):
+    """The classes stored on a job and its events (``error_class``)."""
+
+    TRANSIENT = "transient"
+    RATE_LIMITED = "rate_limited"
+    PERMANENT = "permanent"
+    ZOMBIE = "zombie"
+    BUDGET_EXCEEDED = "budget_exceeded"
+    INVALID_OUTPUT = "invalid_output"
+
+
+class DeepmoxError(Exception):
+    """The root of every error deepmox raises on purpose."""
+
+
+class ConfigError(DeepmoxError):
+    """The configuration file or environment is unusable.
+
+    The message names the offending key as a path (``$.d1.backend``).
+    """
+
+
+class RefusedError(DeepmoxError):
+    """A request was refused before it changed anything: a malformed job spec,
+    an unknown kind, a payload that is too large, a bad command-line value.
+
+    The CLI exits 2 on it; the HTTP API answers 4xx.
+    """
+
+
+class NotFoundError(RefusedError):
+    """The job (or other object) named does not exist."""
+
+
+class ConflictError(RefusedError):
+    """The request does not fit the object's current state (retrying a job that
+    is still running, cancelling a finished one)."""
+
+
+class LeaseLostError(DeepmoxError):
+    """A fenced write matched no row: another actor owns the job now, or it was
+    cancelled. The actor stops at once and its result is dropped."""
+
+
+class JobError(DeepmoxError):
+    """An error with a class that tells the supervisor what to do next."""
+
+    error_class: ErrorClass = ErrorClass.PERMANENT
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class TransientError(JobError):
+    """A passing fault: a 5xx, a reset connection, a lost network."""
+
+    error_class = ErrorClass.TRANSIENT
+
+
+class RateLimitedError(JobError):
+    """The dependency ``upstream`` is throttling; wait ``retry_after`` seconds."""
+
+    error_class = ErrorClass.RATE_LIMITED
+
+    def __init__(self, message: str, *, upstream: str, retry_after: float) -> None:
+        super().__init__(message)
+        self.upstream = upstream
+        self.retry_after = max(0.0, retry_after)
+
+
+class PermanentError(JobError):
+    """This can never succeed: bad input, an auth or validation 4xx, corrupt media."""
+
+    error_class = ErrorClass.PERMANENT
+
+
+class BudgetExceededError(JobError):
+    """A step ran past the actor's budget and was cancelled."""
+
+    error_class = ErrorClass.BUDGET_EXCEEDED
+
+
+class InvalidOutputError(JobError):
+    """An AI provider's output failed validation after a repair attempt."""
+
+    error_class = ErrorClass.INVALID_OUTPUT
+
+
+# -- the D1 binding's families --------------------------------------------------
+
+
+class D1Error(JobError):
+    """Something went wrong talking to the system of record."""
+
+
+class D1UnavailableError(D1Error, TransientError):
+    """The database could not be reached or reset itself; try again shortly."""
+
+
+class D1RateLimitedError(D1Error, RateLimitedError):
+    """D1 (or its REST API) is throttling this account."""
+
+
+class D1QueryError(D1Error, PermanentError):
+    """The statement itself was refused: a SQL error, a bad request, bad credentials."""

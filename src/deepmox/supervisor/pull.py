@@ -1,0 +1,110 @@
+"""One pull cycle as one D1 request.
+
+Everything the supervisor has to tell or ask the database goes out together,
+in this order, as one atomic batch:
+
+1. ``lease_lost`` notes and throttle extensions that piled up;
+2. the acknowledgements (checkpoints and outcomes, fenced by lease token),
+   their events, and the check of which took effect;
+3. reap: expired leases back to pending (class zombie), or failed when their
+   attempts are spent;
+4. claim: up to the free actor slots, per kind where kinds have limits, with
+   one fresh lease token, and the ``claimed`` events;
+5. adopt: rows claimed by an earlier cycle whose answer was lost;
+6. the active throttles, for every actor's :meth:`wait_throttle`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import msgspec
+
+from ..bindings.d1 import Result, Statement
+from ..bindings.d1.queries import Q
+from ..jobs import Claimed, dumps
+
+
+class Ack(msgspec.Struct, kw_only=True):
+    """One fenced write of an actor, as a row of the ``ack`` statement's JSON."""
+
+    id: str
+    tok: str
+    ack: str
+    state: str
+    event: str
+    ts: float
+    attempt_delta: int = 0
+    run_at: float | None = None
+    has_checkpoint: bool = False
+    checkpoint: str | None = None
+    progress: float | None = None
+    step: str | None = None
+    error_class: str | None = None
+    error_message: str | None = None
+    detail: str | None = None
+    result: str | None = None
+    deferred_add: float = 0.0
+
+
+_encode = msgspec.json.Encoder().encode
+
+
+@dataclass(slots=True)
+class ClaimSpec:
+    kinds: list[str]
+    cap: int
+
+
+@dataclass(slots=True)
+class Cycle:
+    """The statements of one cycle and where each answer will be."""
+
+    statements: list[Statement] = field(default_factory=list)
+    ack_check: int | None = None
+    reap: int | None = None
+    claims: list[int] = field(default_factory=list)
+    adopt: int | None = None
+    throttles: int = -1
+
+    def add(self, sql: str, *params: object) -> int:
+        self.statements.append(Statement(sql, params))
+        return len(self.statements) - 1
+
+
+def build(*, now: float, node: str, acks: Sequence[Ack], lost: Sequence[dict[str, str]],
+          throttles: Sequence[dict[str, object]], claims: Sequence[ClaimSpec], free: int,
+          token: str, leases: dict[str, float], default_lease_s: float,
+          adopt_tokens: Sequence[str]) -> Cycle:
+    c = Cycle()
+    if lost:
+        c.add(Q["lease_lost_events"], now, node, dumps(list(lost)))
+    if throttles:
+        c.add(Q["throttle_extend"], now, dumps(list(throttles)))
+    if acks:
+        payload = _encode(list(acks)).decode()
+        c.add(Q["ack_events"], node, payload)
+        c.add(Q["ack"], payload)
+        c.ack_check = c.add(Q["ack_check"], payload)
+    c.add(Q["reap_failed_events"], now, node, now)
+    c.add(Q["reap_events"], now, node, now)
+    c.reap = c.add(Q["reap"], now, now, now, now)
+    if free > 0 and claims:
+        leases_json = dumps(leases)
+        for spec in claims:
+            c.claims.append(c.add(
+                Q["claim"], now, leases_json, default_lease_s, token, node, now, now,
+                dumps(spec.kinds), min(spec.cap, free), free, token))
+        c.add(Q["claimed_events"], now, token)
+    if adopt_tokens:
+        c.adopt = c.add(Q["adopt"], dumps(list(adopt_tokens)))
+    c.throttles = c.add(Q["throttles_active"], now)
+    return c
+
+
+def claimed_rows(cycle: Cycle, results: Sequence[Result]) -> list[Claimed]:
+    out: list[Claimed] = []
+    for i in [*cycle.claims, *([cycle.adopt] if cycle.adopt is not None else [])]:
+        out.extend(Claimed(*row) for row in results[i].rows)
+    return out

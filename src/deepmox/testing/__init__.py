@@ -1,0 +1,1 @@
+"""Contract suites for deepmox's bindings, run against every implementation."""
