@@ -138,10 +138,21 @@ JOB_COLUMNS = ", ".join(f"jobs.{f}" for f in _JOB_FIELDS)
 EVENT_COLUMNS = "id, job_id, type, ts, attempt, state, progress, step, error_class, detail, node"
 
 
+def _loads_or_raw(text: Any) -> Any:
+    """A stored JSON column, or its raw text when a row was written broken
+    (reads must show such a row, not fail on it)."""
+    if not isinstance(text, (str, bytes)):
+        return text
+    try:
+        return _JSON_DECODER.decode(text)
+    except msgspec.DecodeError:
+        return text
+
+
 def job_from_row(row: dict[str, Any]) -> Job:
     data = dict(row)
-    data["payload"] = loads(data["payload"])
-    data["result"] = loads(data["result"])
+    data["payload"] = _loads_or_raw(data["payload"])
+    data["result"] = _loads_or_raw(data["result"])
     return msgspec.convert(data, Job)
 
 

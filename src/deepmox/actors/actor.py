@@ -150,9 +150,16 @@ class Actor:
                 self.progress = 1.0
                 return Finish(policy.completed(), result=encoded)
             nxt = todo[0]
-            expected = self.host.costs.expect(self.kind, nxt.name, nxt.cost_s)
-            if not first and not self.host.costs.fits(expected, self.remaining()):
-                return Finish(policy.continued(now=self.host.wall()))
+            if not first:
+                expected = self.host.costs.expect(self.kind, nxt.name, nxt.cost_s)
+                if not self.host.costs.fits(expected, self.remaining()):
+                    # the continuation carries the checkpoint
+                    return Finish(policy.continued(now=self.host.wall()))
+                # Durable before the next step builds on it; shielded so that
+                # the budget cannot cut the write off halfway (the answer
+                # decides whether this actor still owns the job).
+                with trio.move_on_after(CHECKPOINT_GRACE_S, shield=True):
+                    await self.host.write_checkpoint(self)
             self.step, self.step_progress = nxt.name, 0.0
             self._step_first, self._step_started = first, trio.current_time()
             self.failures = self.checkpoint.failures.get(nxt.name, 0)
@@ -173,11 +180,6 @@ class Actor:
             self.step = None
             self.progress = len([s for s in steps if s.name in done]) / max(1, len(steps))
             first = False
-            # Durable before the next step builds on it; shielded so that the
-            # budget cannot cut the write off halfway (the answer decides
-            # whether this actor still owns the job).
-            with trio.move_on_after(CHECKPOINT_GRACE_S, shield=True):
-                await self.host.write_checkpoint(self)
 
     def _on_error(self, exc: JobError, step: str) -> Finish:
         self.checkpoint.failures[step] = self.checkpoint.failures.get(step, 0) + 1

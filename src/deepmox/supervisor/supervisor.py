@@ -87,8 +87,10 @@ class Supervisor:
         s = cfg.supervisor
         self.retry_policy = policy.RetryPolicy(s.backoff_base_s, s.backoff_max_s,
                                                s.max_deferral_s)
-        self.actors: dict[str, Actor] = {}
-        self._scopes: dict[str, trio.CancelScope] = {}
+        #: running actors by lease (job id and lease token): a daemon may re-claim
+        #: a job while a stale actor of its own still runs it
+        self.actors: dict[tuple[str, str], Actor] = {}
+        self._scopes: dict[tuple[str, str], trio.CancelScope] = {}
         self._running_by_kind: dict[str, int] = {}
         self._queue: deque[_Queued] = deque()
         self._lost: list[dict[str, str]] = []
@@ -101,6 +103,7 @@ class Supervisor:
         self._releasing = False
         self._drain_deadline = float("inf")
         self._stopped = trio.Event()
+        self._cycle_done = trio.Event()
         self._nursery: trio.Nursery | None = None
         self._last_cycle_at: float | None = None
         self._counts = dict.fromkeys(
@@ -165,6 +168,10 @@ class Supervisor:
 
     async def wait_stopped(self) -> None:
         await self._stopped.wait()
+
+    async def wait_cycle(self) -> None:
+        """Return after the next pull cycle that reached D1 has been processed."""
+        await self._cycle_done.wait()
 
     def statistics(self) -> SupervisorStatistics:
         c = self._counts
@@ -304,6 +311,8 @@ class Supervisor:
         claimed = pull.claimed_rows(cycle, results)
         for job in claimed:
             self._spawn(job)
+        self._cycle_done.set()
+        self._cycle_done = trio.Event()
         return bool(claimed or queued)
 
     def _acknowledged(self, q: _Queued, ok: bool) -> None:
@@ -330,7 +339,8 @@ class Supervisor:
 
     def _spawn(self, job: Claimed) -> None:
         assert self._nursery is not None
-        if job.id in self.actors:  # adopted twice; one actor is enough
+        key = (job.id, job.lease_token)
+        if key in self.actors:  # adopted twice; one actor is enough
             return
         kind = self.registry.get(job.kind)
         budget = self.cfg.budget_for(job.kind)
@@ -339,17 +349,18 @@ class Supervisor:
         deadline = trio.current_time() + min(budget, lease_left)
         assert kind is not None  # only registered kinds are claimed
         actor = Actor(self, job, kind, budget_s=budget, deadline=deadline)
-        self.actors[job.id] = actor
+        self.actors[key] = actor
         self._running_by_kind[job.kind] = self._running_by_kind.get(job.kind, 0) + 1
         self._counts["claimed"] += 1
         self._nursery.start_soon(self._run_actor, actor)
 
     async def _run_actor(self, actor: Actor) -> None:
         job = actor.job
+        key = (job.id, job.lease_token)
         finish: Finish | None = None
         try:
             with trio.CancelScope(deadline=actor.deadline) as scope:
-                self._scopes[job.id] = scope
+                self._scopes[key] = scope
                 if self._releasing:
                     scope.cancel()
                 try:
@@ -362,8 +373,8 @@ class Supervisor:
             if finish is not None:
                 self._finish(actor, finish)
         finally:
-            del self.actors[job.id]
-            self._scopes.pop(job.id, None)
+            del self.actors[key]
+            self._scopes.pop(key, None)
             self._running_by_kind[job.kind] -= 1
             self._wake.set()
 
