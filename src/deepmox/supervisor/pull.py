@@ -4,8 +4,9 @@ Everything the supervisor has to tell or ask the database goes out together,
 in this order, as one atomic batch:
 
 1. ``lease_lost`` notes and throttle extensions that piled up;
-2. the acknowledgements (checkpoints and outcomes, fenced by lease token),
-   their events, and the check of which took effect;
+2. the acknowledgements (checkpoints and outcomes, fenced by lease token)
+   and their events; which took effect comes back from ``RETURNING`` (or,
+   for acks sent again after a lost answer, from ``last_ack``);
 3. reap: expired leases back to pending (class zombie), or failed when their
    attempts are spent;
 4. claim: up to the free actor slots, per kind where kinds have limits, with
@@ -62,6 +63,7 @@ class Cycle:
     """The statements of one cycle and where each answer will be."""
 
     statements: list[Statement] = field(default_factory=list)
+    ack: int | None = None
     ack_check: int | None = None
     reap: int | None = None
     claims: list[int] = field(default_factory=list)
@@ -76,7 +78,10 @@ class Cycle:
 def build(*, now: float, node: str, acks: Sequence[Ack], lost: Sequence[dict[str, str]],
           throttles: Sequence[dict[str, object]], claims: Sequence[ClaimSpec], free: int,
           token: str, leases: dict[str, float], default_lease_s: float,
-          adopt_tokens: Sequence[str]) -> Cycle:
+          adopt_tokens: Sequence[str], resent: bool = False) -> Cycle:
+    """``resent``: some acks went out before in a request whose answer was
+    lost; then which took effect is asked of ``last_ack``, not of this
+    request's ``RETURNING``."""
     c = Cycle()
     if lost:
         c.add(Q["lease_lost_events"], now, node, dumps(list(lost)))
@@ -84,9 +89,10 @@ def build(*, now: float, node: str, acks: Sequence[Ack], lost: Sequence[dict[str
         c.add(Q["throttle_extend"], now, dumps(list(throttles)))
     if acks:
         payload = _encode(list(acks)).decode()
-        c.add(Q["ack_events"], node, payload)
-        c.add(Q["ack"], payload)
-        c.ack_check = c.add(Q["ack_check"], payload)
+        c.add(Q["ack_events"], payload, node)
+        c.ack = c.add(Q["ack"], payload)
+        if resent:
+            c.ack_check = c.add(Q["ack_check"], payload)
     c.add(Q["reap_failed_events"], now, node, now)
     c.add(Q["reap_events"], now, node, now)
     c.reap = c.add(Q["reap"], now, now, now, now)

@@ -97,6 +97,7 @@ class Supervisor:
         self._new_throttles: list[dict[str, object]] = []
         self._throttles: dict[str, float] = {}
         self._adopt: list[str] = []
+        self._resent = False
         self._wake = trio.Event()
         self._seq = 0
         self._draining = False
@@ -284,7 +285,8 @@ class Supervisor:
         cycle = pull.build(
             now=now, node=self.node, acks=[q.ack for q in queued], lost=lost,
             throttles=throttles, claims=claims, free=free, token=token,
-            leases=self._leases, default_lease_s=self._default_lease_s, adopt_tokens=adopt)
+            leases=self._leases, default_lease_s=self._default_lease_s, adopt_tokens=adopt,
+            resent=self._resent)
         try:
             results = await self.d1.batch(cycle.statements)
         except BaseException:
@@ -293,14 +295,18 @@ class Supervisor:
             self._queue.extendleft(reversed(queued))
             self._lost[:0] = lost
             self._new_throttles[:0] = throttles
+            self._resent = self._resent or bool(queued)
             if cycle.claims:
                 self._adopt.append(token)
             raise
         self._adopt = [t for t in self._adopt if t not in adopt]
         self._counts["cycles"] += 1
         self._last_cycle_at = trio.current_time()
-        if cycle.ack_check is not None:
-            took = {row[0] for row in results[cycle.ack_check].rows}
+        if cycle.ack is not None:
+            took = {row[0] for row in results[cycle.ack].rows}
+            if cycle.ack_check is not None:
+                took.update(row[0] for row in results[cycle.ack_check].rows)
+                self._resent = False
             for q in queued:
                 self._acknowledged(q, q.ack.id in took)
         if cycle.reap is not None:

@@ -118,36 +118,49 @@ SELECT id, kind, payload, attempt, max_attempts, lease_token, lease_until, check
 FROM jobs WHERE state = 'in_progress' AND lease_token IN (SELECT value FROM json_each(?));
 
 -- name: ack_events
+-- The acknowledgement rows are unpacked once (a materialized CTE) rather than
+-- once per column reference; the unary + keeps the planner on the primary key.
+WITH a AS MATERIALIZED (
+    SELECT value->>'id' AS id, value->>'tok' AS tok, value->>'event' AS event,
+           value->>'ts' AS ts, value->>'state' AS state, value->>'progress' AS progress,
+           value->>'step' AS step, value->>'error_class' AS error_class,
+           value->>'detail' AS detail
+    FROM json_each(?))
 INSERT INTO job_events (job_id, type, ts, attempt, state, progress, step, error_class, detail, node)
-SELECT jobs.id, a.value->>'event', a.value->>'ts', jobs.attempt,
-       a.value->>'state', coalesce(a.value->>'progress', jobs.progress),
-       coalesce(a.value->>'step', jobs.step), a.value->>'error_class', a.value->>'detail', ?
-FROM json_each(?) AS a CROSS JOIN jobs ON jobs.id = a.value->>'id'
-WHERE jobs.lease_token = a.value->>'tok' AND +jobs.state = 'in_progress';
+SELECT jobs.id, a.event, a.ts, jobs.attempt, a.state, coalesce(a.progress, jobs.progress),
+       coalesce(a.step, jobs.step), a.error_class, a.detail, ?
+FROM a CROSS JOIN jobs ON jobs.id = a.id
+WHERE jobs.lease_token = a.tok AND +jobs.state = 'in_progress';
 
 -- name: ack
--- The unary + keeps the planner on the primary key, with the JSON rows outside.
+WITH a AS MATERIALIZED (
+    SELECT value->>'id' AS id, value->>'tok' AS tok, value->>'ack' AS ack,
+           value->>'state' AS state, value->>'ts' AS ts,
+           value->>'attempt_delta' AS attempt_delta, value->>'run_at' AS run_at,
+           value->>'has_checkpoint' AS has_checkpoint, value->>'checkpoint' AS checkpoint,
+           value->>'progress' AS progress, value->>'step' AS step,
+           value->>'error_class' AS error_class, value->>'error_message' AS error_message,
+           value->>'result' AS result, value->>'deferred_add' AS deferred_add
+    FROM json_each(?))
 UPDATE jobs SET
-    state = a.value->>'state',
-    attempt = jobs.attempt + (a.value->>'attempt_delta'),
-    run_at = coalesce(a.value->>'run_at', jobs.run_at),
-    checkpoint = CASE WHEN a.value->>'has_checkpoint' THEN a.value->>'checkpoint'
-                      ELSE jobs.checkpoint END,
-    progress = coalesce(a.value->>'progress', jobs.progress),
-    step = coalesce(a.value->>'step', jobs.step),
-    error_class = a.value->>'error_class',
-    error_message = a.value->>'error_message',
-    result = a.value->>'result',
-    deferred_s = jobs.deferred_s + coalesce(a.value->>'deferred_add', 0),
-    lease_token = CASE WHEN a.value->>'state' = 'in_progress' THEN jobs.lease_token END,
-    lease_until = CASE WHEN a.value->>'state' = 'in_progress' THEN jobs.lease_until END,
-    last_ack = a.value->>'ack',
-    updated_at = a.value->>'ts',
-    finished_at = CASE WHEN a.value->>'state' IN ('completed', 'failed', 'cancelled')
-                       THEN a.value->>'ts' END
-FROM json_each(?) AS a
-WHERE jobs.id = a.value->>'id' AND jobs.lease_token = a.value->>'tok'
-  AND +jobs.state = 'in_progress';
+    state = a.state,
+    attempt = jobs.attempt + coalesce(a.attempt_delta, 0),
+    run_at = coalesce(a.run_at, jobs.run_at),
+    checkpoint = CASE WHEN a.has_checkpoint THEN a.checkpoint ELSE jobs.checkpoint END,
+    progress = coalesce(a.progress, jobs.progress),
+    step = coalesce(a.step, jobs.step),
+    error_class = a.error_class,
+    error_message = a.error_message,
+    result = a.result,
+    deferred_s = jobs.deferred_s + coalesce(a.deferred_add, 0),
+    lease_token = CASE WHEN a.state = 'in_progress' THEN jobs.lease_token END,
+    lease_until = CASE WHEN a.state = 'in_progress' THEN jobs.lease_until END,
+    last_ack = a.ack,
+    updated_at = a.ts,
+    finished_at = CASE WHEN a.state IN ('completed', 'failed', 'cancelled') THEN a.ts END
+FROM a
+WHERE jobs.id = a.id AND jobs.lease_token = a.tok AND +jobs.state = 'in_progress'
+RETURNING jobs.id;
 
 -- name: ack_check
 -- Which acks took effect, in this request or in an earlier one whose answer was lost.
