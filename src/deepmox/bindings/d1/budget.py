@@ -20,6 +20,7 @@ class RequestBudget:
         self.rate_per_s = requests_per_window * 0.9 / window_s
         self._tokens = self.capacity
         self._stamp: float | None = None
+        self._lock = trio.Lock()
 
     def _refill(self) -> None:
         now = trio.current_time()
@@ -40,10 +41,14 @@ class RequestBudget:
         return 0.0 if tokens >= 1 else (1 - tokens) / self.rate_per_s
 
     async def acquire(self) -> None:
-        """Take one request from the budget, waiting until there is one."""
-        while True:
+        """Take one request from the budget, waiting until there is one.
+        Callers are served one at a time, in order."""
+        async with self._lock:
             self._refill()
-            if self._tokens >= 1:
-                self._tokens -= 1
-                return
-            await trio.sleep((1 - self._tokens) / self.rate_per_s)
+            if self._tokens < 1:
+                await trio.sleep((1 - self._tokens) / self.rate_per_s)
+                self._refill()
+                # the whole wait has passed: the token is ours, whatever the
+                # float arithmetic of the refill says
+                self._tokens = max(self._tokens, 1.0)
+            self._tokens -= 1
