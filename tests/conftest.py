@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 import trio
 
-from deepmox.bindings.d1 import HttpD1, SqliteD1
+from deepmox.bindings.d1 import SqliteD1
+from deepmox.bindings.d1.http import HttpD1
 from tests.fakes.d1_server import D1Fake, serve_d1
 
 TOKEN = "test-token-not-a-secret"

@@ -10,7 +10,8 @@ from collections.abc import Awaitable, Callable
 
 import pytest
 
-from deepmox.bindings.d1 import D1, HttpD1, SqliteD1
+from deepmox.bindings.d1 import D1, SqliteD1
+from deepmox.bindings.d1.http import HttpD1
 from deepmox.errors import D1QueryError, D1RateLimitedError, D1UnavailableError
 from deepmox.testing.d1_contract import CHECKS
 from tests.fakes.d1_server import D1Fake

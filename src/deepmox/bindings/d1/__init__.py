@@ -4,12 +4,11 @@ from __future__ import annotations
 
 from ...config import D1Config, secret
 from ...errors import ConfigError
-from .http import HttpD1
 from .interface import D1, MAX_PARAMS, D1Statistics, Result, Statement
 from .sqlite import SqliteD1
 
 __all__ = [
-    "D1", "MAX_PARAMS", "D1Statistics", "HttpD1", "Result", "SqliteD1", "Statement", "open_d1",
+    "D1", "MAX_PARAMS", "D1Statistics", "Result", "SqliteD1", "Statement", "open_d1",
 ]
 
 
@@ -18,6 +17,8 @@ def open_d1(cfg: D1Config) -> D1:
     ``cfg.token_env`` in the environment or the systemd credentials."""
     if cfg.backend == "sqlite":
         return SqliteD1(cfg.path, synchronous=cfg.synchronous, busy_timeout_s=cfg.busy_timeout_s)
+    from .http import HttpD1  # httpx2 is imported only by daemons that need it
+
     token = secret(cfg.token_env)
     if not token:
         raise ConfigError(
