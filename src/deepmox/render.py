@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Sequence
 
@@ -10,7 +11,8 @@ from rich.table import Table
 
 from .jobs import Event, Job
 
-console = Console(highlight=False)
+#: wide enough for a timeline when the output is not a terminal (make run, pipes)
+console = Console(highlight=False, width=None if sys.stdout.isatty() else 120)
 
 STATE_STYLE = {
     "pending": "yellow", "in_progress": "cyan", "completed": "green", "failed": "red",
@@ -36,8 +38,9 @@ def _state(state: str) -> str:
 
 def job_table(jobs: Sequence[Job], title: str | None = None) -> Table:
     table = Table(title=title, show_lines=False)
-    for col in ("id", "kind", "state", "att", "progress", "step", "error"):
-        table.add_column(col, overflow="fold")
+    for col in ("id", "kind", "state", "att", "progress", "step"):
+        table.add_column(col, no_wrap=True)
+    table.add_column("error", overflow="fold")
     for j in jobs:
         error = f"{j.error_class}: {j.error_message}" if j.error_class else ""
         table.add_row(j.id, j.kind, _state(j.state), f"{j.attempt}/{j.max_attempts}",
@@ -67,8 +70,9 @@ def _clock(value: float) -> str:
 
 def timeline(job_id: str, events: Sequence[Event]) -> None:
     table = Table(title=f"timeline of {job_id}", title_justify="left")
-    for col in ("time", "event", "att", "state", "step", "class", "detail"):
-        table.add_column(col, overflow="fold")
+    for col in ("time", "event", "att", "state", "step", "class"):
+        table.add_column(col, no_wrap=True)
+    table.add_column("detail", overflow="fold")
     for e in events:
         detail = e.detail or ""
         if e.type == "claimed" and e.node:

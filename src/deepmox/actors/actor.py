@@ -85,6 +85,8 @@ class Actor:
         self.checkpoint = Checkpoint()
         self.progress = job.progress
         self.step: str | None = None
+        #: the step running, or the last one that ran (named on the outcome's event)
+        self.last_step: str | None = None
         self.step_progress = 0.0
         self._step_first = False
         self._step_started = 0.0
@@ -161,6 +163,7 @@ class Actor:
                 with trio.move_on_after(CHECKPOINT_GRACE_S, shield=True):
                     await self.host.write_checkpoint(self)
             self.step, self.step_progress = nxt.name, 0.0
+            self.last_step = nxt.name
             self._step_first, self._step_started = first, trio.current_time()
             self.failures = self.checkpoint.failures.get(nxt.name, 0)
             try:

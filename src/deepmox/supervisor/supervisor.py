@@ -389,7 +389,7 @@ class Supervisor:
         ack = self._ack(
             actor.job, state=d.state, event=d.event, run_at=d.run_at,
             attempt_delta=d.attempt_delta, checkpoint=actor.checkpoint_json(),
-            progress=actor.progress, error_class=d.error_class,
+            progress=actor.progress, step=actor.last_step, error_class=d.error_class,
             error_message=d.error_message, detail=d.error_message, result=finish.result,
             deferred_add=d.deferred_add)
         throttle = d.throttle
