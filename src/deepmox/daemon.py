@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import signal
+import sys
 import time
 from collections.abc import Callable
 
@@ -24,6 +25,11 @@ from .supervisor import Supervisor
 from .wake import WakeListener
 
 log = logging.getLogger("deepmox.daemon")
+
+#: The SQLite writer thread gives up the GIL inside every sqlite3_step and must
+#: win it back from the event loop; Python's default 5 ms switch interval would
+#: make it wait that long each time. 1 ms keeps the two overlapping.
+SWITCH_INTERVAL_S = 0.001
 
 
 class Daemon:
@@ -43,6 +49,7 @@ async def serve(cfg: Config, *, wall: Callable[[], float] = time.time,
                 handle_signals: bool = True, node: str | None = None,
                 task_status: trio.TaskStatus[Daemon] = trio.TASK_STATUS_IGNORED) -> None:
     node = node or cfg.supervisor.node or default_node()
+    sys.setswitchinterval(min(sys.getswitchinterval(), SWITCH_INTERVAL_S))
     registry = Registry.load(cfg.supervisor.kind_modules)
     d1 = open_d1(cfg.d1)
     try:

@@ -25,13 +25,22 @@ def family(step: str) -> str:
 class CostModel:
     def __init__(self) -> None:
         self._mean: dict[tuple[str, str], float] = {}
+        self._families: dict[str, str] = {}
+
+    def _key(self, kind: str, step: str) -> tuple[str, str]:
+        fam = self._families.get(step)
+        if fam is None:
+            fam = family(step)
+            if len(self._families) < 100_000:
+                self._families[step] = fam
+        return kind, fam
 
     def expect(self, kind: str, step: str, declared: float) -> float:
-        learned = self._mean.get((kind, family(step)))
+        learned = self._mean.get(self._key(kind, step))
         return declared if learned is None else max(learned, declared * 0.5)
 
     def observe(self, kind: str, step: str, seconds: float) -> None:
-        key = (kind, family(step))
+        key = self._key(kind, step)
         old = self._mean.get(key)
         if old is None:
             self._mean[key] = seconds

@@ -118,5 +118,8 @@ def released(*, now: float) -> Decision:
     return Decision(JobState.PENDING, EventType.RELEASED, run_at=now, attempt_delta=-1)
 
 
+COMPLETED = Decision(JobState.COMPLETED, EventType.COMPLETED)
+
+
 def completed() -> Decision:
-    return Decision(JobState.COMPLETED, EventType.COMPLETED)
+    return COMPLETED

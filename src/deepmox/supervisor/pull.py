@@ -63,7 +63,7 @@ class Cycle:
     """The statements of one cycle and where each answer will be."""
 
     statements: list[Statement] = field(default_factory=list)
-    ack: int | None = None
+    acks: list[int] = field(default_factory=list)
     ack_check: int | None = None
     reap: int | None = None
     claims: list[int] = field(default_factory=list)
@@ -88,11 +88,19 @@ def build(*, now: float, node: str, acks: Sequence[Ack], lost: Sequence[dict[str
     if throttles:
         c.add(Q["throttle_extend"], now, dumps(list(throttles)))
     if acks:
-        payload = _encode(list(acks)).decode()
-        c.add(Q["ack_events"], payload, node)
-        c.ack = c.add(Q["ack"], payload)
+        done = [a for a in acks if a.state == "completed"]
+        other = [a for a in acks if a.state != "completed"] if len(done) < len(acks) else []
+        if done:
+            rows = _encode([[a.id, a.tok, a.ts, a.step, a.ack, a.result, a.checkpoint]
+                            for a in done]).decode()
+            c.add(Q["complete_events"], rows, node)
+            c.acks.append(c.add(Q["complete"], rows))
+        if other:
+            payload = _encode(other).decode()
+            c.add(Q["ack_events"], payload, node)
+            c.acks.append(c.add(Q["ack"], payload))
         if resent:
-            c.ack_check = c.add(Q["ack_check"], payload)
+            c.ack_check = c.add(Q["ack_check"], _encode(list(acks)).decode())
     c.add(Q["reap_failed_events"], now, node, now)
     c.add(Q["reap_events"], now, node, now)
     c.reap = c.add(Q["reap"], now, now, now, now)

@@ -162,6 +162,32 @@ FROM a
 WHERE jobs.id = a.id AND jobs.lease_token = a.tok AND +jobs.state = 'in_progress'
 RETURNING jobs.id;
 
+-- name: complete_events
+-- The common case, completions, in a leaner shape: arrays
+-- [id, tok, ts, step, ack, result, checkpoint] instead of objects, fewer fields.
+WITH a AS MATERIALIZED (
+    SELECT value->>0 AS id, value->>1 AS tok, value->>2 AS ts, value->>3 AS step
+    FROM json_each(?))
+INSERT INTO job_events (job_id, type, ts, attempt, state, progress, step, node)
+SELECT jobs.id, 'completed', a.ts, jobs.attempt, 'completed', 1.0,
+       coalesce(a.step, jobs.step), ?
+FROM a CROSS JOIN jobs ON jobs.id = a.id
+WHERE jobs.lease_token = a.tok AND +jobs.state = 'in_progress';
+
+-- name: complete
+WITH a AS MATERIALIZED (
+    SELECT value->>0 AS id, value->>1 AS tok, value->>2 AS ts, value->>3 AS step,
+           value->>4 AS ack, value->>5 AS result, value->>6 AS checkpoint
+    FROM json_each(?))
+UPDATE jobs SET
+    state = 'completed', progress = 1.0, step = coalesce(a.step, jobs.step),
+    error_class = NULL, error_message = NULL, result = a.result, checkpoint = a.checkpoint,
+    lease_token = NULL, lease_until = NULL, last_ack = a.ack, updated_at = a.ts,
+    finished_at = a.ts
+FROM a
+WHERE jobs.id = a.id AND jobs.lease_token = a.tok AND +jobs.state = 'in_progress'
+RETURNING jobs.id;
+
 -- name: ack_check
 -- Which acks took effect, in this request or in an earlier one whose answer was lost.
 SELECT jobs.id FROM json_each(?) AS a JOIN jobs ON jobs.id = a.value->>'id'

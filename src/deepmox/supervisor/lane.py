@@ -1,0 +1,179 @@
+"""A lane: one pull loop and its share of the actor slots.
+
+A supervisor on SQLite runs two lanes. Each claims into its own half of the
+slots and sends its own actors' acknowledgements, one cycle at a time; the
+two alternate on the database's single writer thread, so while one lane's
+batch runs there, the other lane's actors run on the event loop. On the REST
+backend there is one lane: one request in flight.
+
+Per-kind actor limits are split between the lanes the same way, so the two
+never over-claim a kind between them.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from collections import deque
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import trio
+
+from ..errors import JobError, RateLimitedError
+from . import pull
+from .pull import Ack, ClaimSpec
+
+if TYPE_CHECKING:
+    from .supervisor import Supervisor
+
+log = logging.getLogger("deepmox.supervisor")
+
+#: after the drain, how long the last acknowledgements may take before the
+#: lane gives up on them (the leases then expire and the reaper acts)
+FINAL_FLUSH_S = 10.0
+#: after a failed cycle, wait at least this long, doubling up to poll_max_s
+FAILED_CYCLE_MIN_S = 0.05
+
+
+@dataclass(slots=True)
+class Queued:
+    ack: Ack
+    done: trio.Event | None = None
+    ok: bool | None = None
+
+
+def share(total: int, lanes: int, index: int) -> int:
+    """Lane ``index``'s share of ``total`` slots."""
+    return total // lanes + (1 if index < total % lanes else 0)
+
+
+@dataclass(eq=False)
+class Lane:
+    sup: Supervisor
+    index: int
+    slots: int
+    kind_caps: dict[str, int]
+    queue: deque[Queued] = field(default_factory=deque)
+    running: int = 0
+    running_by_kind: dict[str, int] = field(default_factory=dict)
+    wake: trio.Event = field(default_factory=trio.Event)
+    adopt: list[str] = field(default_factory=list)
+    resent: bool = False
+
+    def enqueue(self, q: Queued) -> None:
+        self.queue.append(q)
+        self.wake.set()
+
+    async def run(self) -> None:
+        sup = self.sup
+        s = sup.cfg.supervisor
+        interval = s.poll_min_s
+        failed_wait = FAILED_CYCLE_MIN_S
+        not_before = 0.0
+        while True:
+            if sup.draining:
+                now = trio.current_time()
+                if self.running and now >= sup.drain_deadline:
+                    sup.release_all()
+                if not self.running and not self.queue:
+                    return
+                if now >= sup.drain_deadline + FINAL_FLUSH_S:
+                    log.error("giving up on %d acknowledgements; their leases will expire",
+                              len(self.queue), extra={"event": "flush_abandoned"})
+                    return
+            deadline = max(not_before, trio.current_time() + interval)
+            if sup.draining and self.running and not sup.releasing:
+                deadline = min(deadline, sup.drain_deadline)
+            with trio.move_on_at(deadline):
+                await self.wake.wait()
+            self.wake = trio.Event()
+            if trio.current_time() < not_before:
+                continue
+            try:
+                busy = await self._cycle()
+            except JobError as exc:
+                sup.counts["failed_cycles"] += 1
+                log.warning("pull cycle failed (%s): %s", exc.error_class, exc.message,
+                            extra={"event": "cycle_failed", "error_class": exc.error_class})
+                wait = failed_wait * (0.5 + sup.rng.random())
+                if isinstance(exc, RateLimitedError):
+                    wait = max(wait, exc.retry_after)
+                not_before = trio.current_time() + wait
+                failed_wait = min(failed_wait * 2, max(s.poll_max_s, FAILED_CYCLE_MIN_S))
+                continue
+            failed_wait = FAILED_CYCLE_MIN_S
+            if busy:
+                interval = s.poll_min_s
+            else:
+                interval = max(min(interval * 2, s.poll_max_s), sup.idle_floor_s)
+
+    def _free_slots(self) -> tuple[int, list[ClaimSpec]]:
+        if self.sup.draining:
+            return 0, []
+        free = self.slots - self.running
+        if free <= 0:
+            return 0, []
+        claims = []
+        for name, cap in self.kind_caps.items():
+            left = cap - self.running_by_kind.get(name, 0)
+            if left > 0:
+                claims.append(ClaimSpec([name], left))
+        if self.sup.unlimited_kinds:
+            claims.append(ClaimSpec(self.sup.unlimited_kinds, free))
+        return free, claims
+
+    def _take_acks(self) -> list[Queued]:
+        """At most one ack per job per cycle: a second one waits for the next."""
+        taken: list[Queued] = []
+        seen: set[str] = set()
+        later: deque[Queued] = deque()
+        while self.queue:
+            q = self.queue.popleft()
+            if q.ack.id in seen:
+                later.append(q)
+            else:
+                seen.add(q.ack.id)
+                taken.append(q)
+        self.queue = later
+        return taken
+
+    async def _cycle(self) -> bool:
+        sup = self.sup
+        now = sup.wall()
+        queued = self._take_acks()
+        lost, throttles = sup.take_notes()
+        adopt = list(self.adopt)
+        free, claims = self._free_slots()
+        token = secrets.token_hex(8)
+        cycle = pull.build(
+            now=now, node=sup.node, acks=[q.ack for q in queued], lost=lost,
+            throttles=throttles, claims=claims, free=free, token=token,
+            leases=sup.leases, default_lease_s=sup.default_lease_s, adopt_tokens=adopt,
+            resent=self.resent)
+        try:
+            results = await sup.d1.batch(cycle.statements)
+        except BaseException:
+            # Nothing is known to have happened: everything goes again next
+            # time. A claim may have committed even so; adopt its rows then.
+            self.queue.extendleft(reversed(queued))
+            sup.return_notes(lost, throttles)
+            self.resent = self.resent or bool(queued)
+            if cycle.claims:
+                self.adopt.append(token)
+            raise
+        self.adopt = [t for t in self.adopt if t not in adopt]
+        if queued:
+            took = {row[0] for i in cycle.acks for row in results[i].rows}
+            if cycle.ack_check is not None:
+                took.update(row[0] for row in results[cycle.ack_check].rows)
+                self.resent = False
+            for q in queued:
+                sup.acknowledged(q, q.ack.id in took)
+        reaped = results[cycle.reap].changes if cycle.reap is not None else 0
+        throttle_rows = results[cycle.throttles].rows
+        claimed = pull.claimed_rows(cycle, results)
+        for job in claimed:
+            sup.spawn(job, self)
+        sup.cycle_finished(now, reaped, throttle_rows)
+        return bool(claimed or queued)
