@@ -30,6 +30,16 @@ D1_REQUESTS_PER_5MIN = 1200
 D1_BUSY_TIMEOUT_S = 10.0
 D1_HTTP_TIMEOUT_S = 30.0
 R2_PATH = "var/r2"
+R2_MAX_THREADS = 8
+R2_MULTIPART_BYTES = 8 * 1024 * 1024
+
+MAX_INPUT_BYTES = 2 * 1024**3
+MAX_DURATION_S = 4 * 3600.0
+MAX_WIDTH = 3840
+MAX_HEIGHT = 2160
+SCRATCH_BYTES = 4 * 1024**3
+MEMORY_BYTES = 2 * 1024**3
+CPU_S = 600
 
 BUDGET_S = 30.0
 LEASE_GRACE_S = 15.0
@@ -71,8 +81,59 @@ class D1Config(_Section, frozen=True):
 class R2Config(_Section, frozen=True):
     """``[r2]``: the object store."""
 
-    backend: Literal["filesystem"] = "filesystem"
+    backend: Literal["filesystem", "s3"] = "filesystem"
+    #: filesystem: the folder; the object with key K is the file <path>/K
     path: str = R2_PATH
+    #: s3: the endpoint (R2: https://<account>.r2.cloudflarestorage.com), bucket, region
+    endpoint_url: str = ""
+    bucket: str = ""
+    region: str = "auto"
+    #: s3: boto3 calls run in worker threads, at most this many at once
+    max_threads: int = R2_MAX_THREADS
+    #: s3: files larger than this are uploaded in parts of this size (>= 5 MiB)
+    multipart_threshold_bytes: int = R2_MULTIPART_BYTES
+    #: s3: environment variables (or credential files) holding the keys; the
+    #: standard AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY are used when these are unset
+    access_key_env: str = "R2_ACCESS_KEY_ID"
+    secret_key_env: str = "R2_SECRET_ACCESS_KEY"
+
+
+class LimitsConfig(_Section, frozen=True):
+    """``[limits]``: what one job's media may cost."""
+
+    #: the largest input accepted, in bytes
+    max_input_bytes: int = MAX_INPUT_BYTES
+    max_duration_s: float = MAX_DURATION_S
+    max_width: int = MAX_WIDTH
+    max_height: int = MAX_HEIGHT
+    #: local scratch space per actor, in bytes
+    scratch_bytes: int = SCRATCH_BYTES
+    #: address-space limit (RLIMIT_AS) for each ffmpeg/ffprobe process, in bytes
+    memory_bytes: int = MEMORY_BYTES
+    #: CPU-time limit (RLIMIT_CPU) for each ffmpeg/ffprobe process, in seconds
+    cpu_s: int = CPU_S
+
+
+class RenditionConfig(_Section, frozen=True):
+    name: str
+    height: int
+    video_bitrate_k: int = 1000
+    audio_bitrate_k: int = 128
+
+
+class VideoConfig(_Section, frozen=True):
+    """``[video]``: the video pipeline."""
+
+    #: file:// sources are accepted only under these folders
+    allowed_dirs: list[str] = msgspec.field(default_factory=list)
+    #: allow http(s) sources on loopback, private, link-local and metadata addresses
+    allow_private_networks: bool = False
+    renditions: list[RenditionConfig] = msgspec.field(
+        default_factory=lambda: [RenditionConfig(name="480p", height=480)])
+    #: thumbnails per video, besides the poster
+    thumbnails: int = 3
+    #: where actors keep their scratch folders (default: the system's temp folder)
+    scratch_dir: str = ""
 
 
 class SupervisorConfig(_Section, frozen=True):
@@ -105,6 +166,8 @@ class KindConfig(_Section, frozen=True):
 class Config(_Section, frozen=True):
     d1: D1Config = msgspec.field(default_factory=D1Config)
     r2: R2Config = msgspec.field(default_factory=R2Config)
+    limits: LimitsConfig = msgspec.field(default_factory=LimitsConfig)
+    video: VideoConfig = msgspec.field(default_factory=VideoConfig)
     supervisor: SupervisorConfig = msgspec.field(default_factory=SupervisorConfig)
     kinds: dict[str, KindConfig] = msgspec.field(default_factory=dict)
 
@@ -130,7 +193,26 @@ def _check(cfg: Config) -> Config:
         "supervisor.max_attempts": s.max_attempts,
         "d1.requests_per_5min": cfg.d1.requests_per_5min,
         "d1.timeout_s": cfg.d1.timeout_s,
+        "r2.max_threads": cfg.r2.max_threads,
+        "limits.max_input_bytes": cfg.limits.max_input_bytes,
+        "limits.max_duration_s": cfg.limits.max_duration_s,
+        "limits.max_width": cfg.limits.max_width,
+        "limits.max_height": cfg.limits.max_height,
+        "limits.scratch_bytes": cfg.limits.scratch_bytes,
+        "limits.memory_bytes": cfg.limits.memory_bytes,
+        "limits.cpu_s": cfg.limits.cpu_s,
     }
+    if cfg.r2.multipart_threshold_bytes < 5 * 1024 * 1024:
+        raise ConfigError("must be at least 5 MiB (5242880) - at "
+                          "`$.r2.multipart_threshold_bytes`")
+    if cfg.r2.backend == "s3" and not cfg.r2.bucket:
+        raise ConfigError('backend = "s3" needs a value - at `$.r2.bucket`')
+    if cfg.video.thumbnails < 0:
+        raise ConfigError("Expected a number >= 0 - at `$.video.thumbnails`")
+    for i, r in enumerate(cfg.video.renditions):
+        if not (16 <= r.height <= 4320) or r.video_bitrate_k <= 0 or r.audio_bitrate_k <= 0:
+            raise ConfigError(f"height must be 16..4320 and bitrates > 0 - at "
+                              f"`$.video.renditions[{i}]`")
     for name, kind in cfg.kinds.items():
         for key in ("budget_s", "max_actors", "max_attempts"):
             value = getattr(kind, key)

@@ -33,6 +33,8 @@ def test_example_file_decodes_to_the_defaults() -> None:
     cfg = config.load(ROOT / "systemd" / "config.example.toml")
     assert cfg.d1 == config.Config().d1
     assert cfg.supervisor == config.Config().supervisor
+    assert cfg.limits == config.Config().limits
+    assert cfg.video == config.Config().video
     assert cfg.budget_for("sleep") == 30.0
 
 
