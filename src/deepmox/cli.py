@@ -46,7 +46,10 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser("run", help="run the daemon until SIGTERM/SIGINT, then drain")
     sub.add_parser("migrate", help="apply pending schema migrations")
     sub.add_parser("doctor", help="check the configuration, D1, migrations and tools")
-    sub.add_parser("demo", help="run a daemon on a small demonstration batch, then exit")
+    s = sub.add_parser("demo", help="run a daemon on a demonstration job, then exit")
+    s.add_argument("which", nargs="?", choices=["video", "core"], default="video",
+                   help="video: transcode a generated clip (default); core: the restart "
+                        "policies on built-in kinds")
 
     s = sub.add_parser("submit", help="submit a job; prints its id")
     s.add_argument("kind")
@@ -250,9 +253,9 @@ def _config_source(args: argparse.Namespace) -> str:
 
 
 async def _demo(cfg: config.Config, args: argparse.Namespace) -> int:
-    from .demo import run_demo
+    from .demo import run_core, run_video
 
-    return await run_demo(cfg)
+    return await (run_core(cfg) if args.which == "core" else run_video(cfg))
 
 
 _COMMANDS: dict[str, Callable[[config.Config, argparse.Namespace], Awaitable[int]]] = {

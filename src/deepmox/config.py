@@ -128,6 +128,8 @@ class VideoConfig(_Section, frozen=True):
     allowed_dirs: list[str] = msgspec.field(default_factory=list)
     #: allow http(s) sources on loopback, private, link-local and metadata addresses
     allow_private_networks: bool = False
+    #: hosts ("name" or "name:port") exempt from that rule, e.g. an internal media server
+    allow_hosts: list[str] = msgspec.field(default_factory=list)
     renditions: list[RenditionConfig] = msgspec.field(
         default_factory=lambda: [RenditionConfig(name="480p", height=480)])
     #: thumbnails per video, besides the poster

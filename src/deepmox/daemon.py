@@ -19,6 +19,7 @@ import trio
 from .actors.registry import Registry
 from .bindings.d1 import D1, open_d1
 from .bindings.d1.migrate import migrate
+from .bindings.r2 import open_r2
 from .client import Client, default_node
 from .config import Config
 from .supervisor import Supervisor
@@ -51,12 +52,13 @@ async def serve(cfg: Config, *, wall: Callable[[], float] = time.time,
     node = node or cfg.supervisor.node or default_node()
     sys.setswitchinterval(min(sys.getswitchinterval(), SWITCH_INTERVAL_S))
     registry = Registry.load(cfg.supervisor.kind_modules)
+    r2 = open_r2(cfg.r2)
     d1 = open_d1(cfg.d1)
     try:
         applied = await migrate(d1, wall())
         for m in applied:
             log.info("applied migration %s", m.name, extra={"event": "migrated"})
-        supervisor = Supervisor(cfg, d1, registry, node=node, wall=wall)
+        supervisor = Supervisor(cfg, d1, registry, node=node, wall=wall, r2=r2)
         client = Client(cfg, d1, registry, wall=wall, node=node)
         daemon = Daemon(cfg, d1, supervisor, client)
         listener = WakeListener(cfg.d1.path, node) if cfg.d1.backend == "sqlite" else None
@@ -77,6 +79,7 @@ async def serve(cfg: Config, *, wall: Callable[[], float] = time.time,
     finally:
         with trio.CancelScope(shield=True):
             await d1.aclose()
+            await r2.aclose()
 
 
 async def _on_signals(supervisor: Supervisor) -> None:

@@ -132,3 +132,57 @@ class D1RateLimitedError(D1Error, RateLimitedError):
 
 class D1QueryError(D1Error, PermanentError):
     """The statement itself was refused: a SQL error, a bad request, bad credentials."""
+
+
+# -- the media binding's families -----------------------------------------------
+
+
+class MediaError(JobError):
+    """ffmpeg or ffprobe could not do what was asked."""
+
+
+class MediaUnavailableError(MediaError, TransientError):
+    """The machine could not run ffmpeg just now: out of memory (or killed at the
+    memory limit), no space left on the scratch disk; try again shortly."""
+
+
+class MediaInputError(MediaError, PermanentError):
+    """The input is not media deepmox can use: undecodable, truncated, empty, an
+    unsupported container or codec, no video stream, or a playlist that points
+    elsewhere. The message says why in plain words."""
+
+
+class MediaBudgetError(MediaError, BudgetExceededError):
+    """ffmpeg ran out of the time it was given: its CPU-time limit (RLIMIT_CPU)
+    or the binding's own wall-clock limit, not the actor's cancel scope."""
+
+
+# -- the R2 binding's families --------------------------------------------------
+
+
+class R2Error(JobError):
+    """Something went wrong talking to the object store."""
+
+
+class R2UnavailableError(R2Error, TransientError):
+    """The store could not be reached, reset the connection or answered 5xx;
+    try again shortly."""
+
+
+class R2RateLimitedError(R2Error, RateLimitedError):
+    """R2 is throttling (429, 503 SlowDown, or too many writes to one key)."""
+
+
+class R2PermanentError(R2Error, PermanentError):
+    """The request itself was refused: bad credentials, a missing bucket, a bad
+    request, or a local source file that cannot be read."""
+
+
+class R2KeyError(R2PermanentError):
+    """The key is not one the binding accepts (see
+    :func:`deepmox.bindings.r2.keys.validate_key`), or the filesystem backend
+    cannot hold it beside an existing key (``a`` and ``a/b``)."""
+
+
+class R2NotFoundError(R2PermanentError):
+    """:meth:`get` or :meth:`get_bytes` of a key that holds no object."""

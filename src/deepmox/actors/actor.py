@@ -15,7 +15,7 @@ import logging
 import random
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import msgspec
 import trio
@@ -25,6 +25,10 @@ from ..jobs import Claimed, EventType, JobState
 from ..supervisor import policy
 from ..supervisor.budget import CostModel
 from .kind import Kind
+from .scratch import Scratch
+
+if TYPE_CHECKING:
+    from ..bindings import Bindings
 
 log = logging.getLogger("deepmox.actor")
 
@@ -35,6 +39,8 @@ CHECKPOINT_GRACE_S = 5.0
 class Checkpoint(msgspec.Struct, omit_defaults=True):
     done: dict[str, Any] = msgspec.field(default_factory=dict)
     failures: dict[str, int] = msgspec.field(default_factory=dict)
+    #: seconds each done step took
+    times: dict[str, float] = msgspec.field(default_factory=dict)
 
 
 _encode = msgspec.json.Encoder().encode
@@ -46,6 +52,7 @@ class Host(Protocol):
     costs: CostModel
     retry_policy: policy.RetryPolicy
     rng: random.Random
+    bindings: Bindings
 
     def wall(self) -> float: ...
 
@@ -91,7 +98,16 @@ class Actor:
         self._step_first = False
         self._step_started = 0.0
         self.outputs: Mapping[str, Any] = self.checkpoint.done
+        self.payload: Any = None
         self.failures = 0
+        self.bindings = host.bindings
+        limits = host.bindings.cfg.limits
+        self.scratch = Scratch(host.bindings.cfg.video.scratch_dir, limits.scratch_bytes,
+                               f"{job.kind}-{job.id}")
+
+    @property
+    def step_times(self) -> Mapping[str, float]:
+        return self.checkpoint.times
 
     # -- StepContext -------------------------------------------------------------
 
@@ -124,7 +140,7 @@ class Actor:
 
     async def run(self) -> Finish:
         try:
-            payload = self._kind.decode_json(self.job.payload)
+            payload = self.payload = self._kind.decode_json(self.job.payload)
         except (msgspec.ValidationError, msgspec.DecodeError, TypeError) as exc:
             return self._fail(ErrorClass.PERMANENT, f"payload does not decode: {exc}")
         if self.job.checkpoint is not None:
@@ -178,8 +194,10 @@ class Actor:
                 raise
             except Exception as exc:
                 return self._on_unexpected(exc, nxt.name)
-            self.host.costs.observe(self.kind, nxt.name, trio.current_time() - self._step_started)
+            took = trio.current_time() - self._step_started
+            self.host.costs.observe(self.kind, nxt.name, took)
             done[nxt.name] = output
+            self.checkpoint.times[nxt.name] = round(took, 6)
             self.step = None
             self.progress = len([s for s in steps if s.name in done]) / max(1, len(steps))
             first = False

@@ -15,9 +15,13 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 import msgspec
+
+if TYPE_CHECKING:
+    from ..bindings import Bindings
+    from .scratch import Scratch
 
 
 class StepContext(Protocol):
@@ -26,10 +30,21 @@ class StepContext(Protocol):
     job_id: str
     kind: str
     attempt: int
+    #: the job's payload, decoded into the kind's ``Payload`` type
+    payload: Any
     #: outputs of the steps done so far, by step name
     outputs: Mapping[str, Any]
     #: how many times this step failed before, over all earlier runs of this job
     failures: int
+    #: the configuration and the bindings (d1, r2)
+    bindings: Bindings
+    #: local disk for this actor run only, under ``[limits] scratch_bytes``
+    scratch: Scratch
+
+    @property
+    def step_times(self) -> Mapping[str, float]:
+        """Seconds each finished step took, by step name."""
+        ...
 
     def remaining(self) -> float:
         """Seconds left before this actor's budget (or the daemon's drain) ends."""

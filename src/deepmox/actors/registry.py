@@ -34,9 +34,10 @@ class Registry:
 
     @classmethod
     def load(cls, modules: list[str] | None = None) -> Registry:
+        from ..video.transcode import Transcode
         from .builtin import BUILTIN
 
-        kinds: dict[str, Kind] = {k.name: k for k in (b() for b in BUILTIN)}
+        kinds: dict[str, Kind] = {k.name: k for k in (b() for b in (*BUILTIN, Transcode))}
         for ep in entry_points(group=ENTRY_POINT_GROUP):
             try:
                 obj: Any = ep.load()

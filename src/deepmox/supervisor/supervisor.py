@@ -20,13 +20,14 @@ import logging
 import random
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 import trio
 
 from ..actors.actor import Actor, Finish
 from ..actors.registry import Registry
+from ..bindings import Bindings
 from ..bindings.d1 import D1
 from ..config import Config
 from ..errors import LeaseLostError
@@ -35,6 +36,9 @@ from . import policy
 from .budget import CostModel
 from .lane import Lane, Queued, share
 from .pull import Ack
+
+if TYPE_CHECKING:
+    from ..bindings.r2 import R2
 
 log = logging.getLogger("deepmox.supervisor")
 
@@ -68,9 +72,10 @@ class SupervisorStatistics(msgspec.Struct, frozen=True, kw_only=True):
 class Supervisor:
     def __init__(self, cfg: Config, d1: D1, registry: Registry, *, node: str,
                  wall: Callable[[], float] = time.time,
-                 rng: random.Random | None = None) -> None:
+                 rng: random.Random | None = None, r2: R2 | None = None) -> None:
         self.cfg = cfg
         self.d1 = d1
+        self.bindings = Bindings(cfg, d1, r2)
         self.registry = registry
         self.node = node
         self._wall = wall
@@ -291,6 +296,9 @@ class Supervisor:
             if finish is not None:
                 lane.enqueue(Queued(self._finish(actor, finish)))
         finally:
+            if actor.scratch.created:
+                with trio.CancelScope(shield=True):
+                    await trio.to_thread.run_sync(actor.scratch.remove)
             del self.actors[key]
             self._scopes.pop(key, None)
             lane = self._lanes_of.pop(key)

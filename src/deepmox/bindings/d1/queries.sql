@@ -209,3 +209,17 @@ ON CONFLICT (upstream) DO UPDATE SET
 
 -- name: throttles_active
 SELECT upstream, blocked_until, reason FROM throttles WHERE blocked_until > ?;
+
+-- name: encode_speed
+SELECT speed, samples FROM encode_speeds WHERE kind = ? AND rendition = ?;
+
+-- name: encode_speed_observe
+-- An exponentially weighted mean that leans towards the slower observations.
+INSERT INTO encode_speeds (kind, rendition, speed, samples, updated_at)
+VALUES (?, ?, ?, 1, ?)
+ON CONFLICT (kind, rendition) DO UPDATE SET
+    speed = CASE WHEN excluded.speed < encode_speeds.speed
+                 THEN encode_speeds.speed + 0.6 * (excluded.speed - encode_speeds.speed)
+                 ELSE encode_speeds.speed + 0.3 * (excluded.speed - encode_speeds.speed) END,
+    samples = encode_speeds.samples + 1,
+    updated_at = excluded.updated_at;
