@@ -110,16 +110,18 @@ class Cluster:
 
     def write_config(self, node: str, supervisor: dict[str, object] | None = None,
                      kinds: dict[str, dict[str, object]] | None = None,
-                     d1: dict[str, object] | None = None) -> Path:
-        sections: dict[str, dict[str, object]] = {
+                     d1: dict[str, object] | None = None,
+                     sections: dict[str, dict[str, object]] | None = None) -> Path:
+        sections_out: dict[str, dict[str, object]] = {
             "d1": {**self.d1_section(), **(d1 or {})},
             "r2": {"path": str(self.tmp_path / "r2")},
             "supervisor": {"node": node, **(supervisor or {})},
         }
         for name, values in (kinds or {}).items():
-            sections[f"kinds.{name}"] = values
+            sections_out[f"kinds.{name}"] = values
+        sections_out.update(sections or {})
         path = self.tmp_path / f"{node}.toml"
-        path.write_text(toml(sections))
+        path.write_text(toml(sections_out))
         return path
 
     async def start_daemon(self, node: str, *, wait_ready: bool = True,
