@@ -181,29 +181,30 @@ class Transcode(Kind):
         probe = ctx.outputs["probe"]
         duration = float(probe["duration_s"])
         budget = ctx.bindings.cfg.budget_for(self.name)
+        keys = await media.keyframes(await local_source(ctx), limits=_limits(ctx))
         out: list[dict[str, Any]] = []
         for r in _renditions(ctx, payload):
             known = await speed.known_speed(ctx.bindings.d1, self.name, r.name)
             s = known or speed.DEFAULT_SPEED
-            chunk_s = speed.chunk_seconds(s, budget)
-            chunks = max(1, math.ceil(duration / chunk_s - 1e-9))
-            chunk_s = duration / chunks  # equal chunks
+            bounds = cut_points(duration, speed.chunk_seconds(s, budget), keys)
             height = min(r.height, int(probe["height"]))
             height -= height % 2
             out.append({"name": r.name, "height": height, "video_bitrate_k": r.video_bitrate_k,
-                        "audio_bitrate_k": r.audio_bitrate_k, "chunks": chunks,
-                        "chunk_s": chunk_s, "chunk_cost_s": chunk_s / s,
+                        "audio_bitrate_k": r.audio_bitrate_k, "chunks": len(bounds),
+                        "bounds": bounds, "chunk_cost_s": max(b[1] for b in bounds) / s,
                         "speed": s, "speed_known": known is not None})
         return {"renditions": out, "duration_s": duration,
                 "audio_bitrate_k": max(r["audio_bitrate_k"] for r in out),
+                "audio_copy": probe.get("audio_codec") == "aac",
                 "audio_cost_s": max(1.0, duration / 50)}
 
     async def _audio(self, ctx: StepContext) -> Any:
         r2 = ctx.bindings.require_r2()
         src = await local_source(ctx)
         out = ctx.scratch.path / "audio.m4a"
-        await media.encode_audio(src, out, bitrate_k=ctx.outputs["plan"]["audio_bitrate_k"],
-                                 limits=_limits(ctx))
+        plan = ctx.outputs["plan"]
+        await media.encode_audio(src, out, bitrate_k=plan["audio_bitrate_k"],
+                                 copy=plan["audio_copy"], limits=_limits(ctx))
         key = f"{prefix(ctx.job_id)}/audio.m4a"
         await r2.put(key, out, content_type="audio/mp4")
         return {"key": key, "size": out.stat().st_size}
@@ -211,8 +212,7 @@ class Transcode(Kind):
     async def _transcode(self, ctx: StepContext, *, name: str, n: int) -> Any:
         plan = ctx.outputs["plan"]
         r = next(x for x in plan["renditions"] if x["name"] == name)
-        start = n * r["chunk_s"]
-        length = min(r["chunk_s"], plan["duration_s"] - start)
+        start, length = r["bounds"][n]
         src = await local_source(ctx)
         out = ctx.scratch.path / f"chunk-{name}-{n:05}.mp4"
         began = trio.current_time()
@@ -278,13 +278,12 @@ class Transcode(Kind):
         r2 = ctx.bindings.require_r2()
         shots = [(f"{i:02}.jpg", duration * (i + 1) / (count + 1)) for i in range(count)]
         shots.append(("poster.jpg", min(duration * 0.1, 5.0)))
+        files = [(ctx.scratch.path / f"thumb-{name}", at) for name, at in shots]
+        await media.thumbnails(src, files, height=height - height % 2, limits=_limits(ctx))
         keys = []
-        for name, at in shots:
-            out = ctx.scratch.path / f"thumb-{name}"
-            await media.thumbnail(src, out, at_s=at, height=height - height % 2,
-                                  limits=_limits(ctx))
+        for (name, at), (path, _) in zip(shots, files, strict=True):
             key = f"{prefix(ctx.job_id)}/thumbs/{name}"
-            await r2.put(key, out, content_type="image/jpeg")
+            await r2.put(key, path, content_type="image/jpeg")
             keys.append({"key": key, "at_s": round(at, 3)})
         return {"thumbnails": keys[:-1], "poster": keys[-1]}
 
@@ -294,6 +293,24 @@ class Transcode(Kind):
         body = msgspec.json.format(msgspec.json.encode(manifest), indent=2)
         await ctx.bindings.require_r2().put(key, body, content_type="application/json")
         return {"key": key}
+
+
+def cut_points(duration: float, chunk_s: float, keyframes: Sequence[float]
+               ) -> list[list[float]]:
+    """Chunks as [start, length] pairs about ``chunk_s`` long, each starting on
+    a key frame when the source has one nearby (within a third of a chunk), so
+    no chunk decodes frames only to throw them away."""
+    count = max(1, math.ceil(duration / chunk_s - 1e-9))
+    step = duration / count
+    starts = [0.0]
+    for k in range(1, count):
+        ideal = k * step
+        near = [t for t in keyframes if abs(t - ideal) <= step / 3 and t > starts[-1] + 0.5]
+        cut = min(near, key=lambda t: abs(t - ideal)) if near else ideal
+        if cut < duration - 0.5:
+            starts.append(round(cut, 6))
+    ends = [*starts[1:], duration]
+    return [[s, round(e - s, 6)] for s, e in zip(starts, ends, strict=True)]
 
 
 def build_manifest(job_id: str, kind: str, outputs: Mapping[str, Any],
@@ -308,7 +325,7 @@ def build_manifest(job_id: str, kind: str, outputs: Mapping[str, Any],
         "renditions": [v for k, v in outputs.items() if k.startswith("assemble:")],
         "thumbnails": outputs["thumbs"]["thumbnails"],
         "poster": outputs["thumbs"]["poster"],
-        "chunks": {r["name"]: {"count": r["chunks"], "seconds": r["chunk_s"]}
+        "chunks": {r["name"]: {"count": r["chunks"], "bounds": r["bounds"]}
                    for r in outputs["plan"]["renditions"]},
         "steps": {name: round(t, 3) for name, t in times.items()},
     }

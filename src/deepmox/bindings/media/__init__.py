@@ -17,15 +17,17 @@ from .ffmpeg import (
     StreamInfo,
     concat,
     encode_audio,
+    keyframes,
     probe,
     scene_changes,
     thumbnail,
+    thumbnails,
     transcode_chunk,
 )
 from .process import DEFAULT_LIMITS, NO_LIMITS, Completed, Limits, run
 
 __all__ = [
     "DEFAULT_LIMITS", "INPUT_FORMATS", "NO_LIMITS", "Completed", "Limits", "Probe",
-    "StreamInfo", "concat", "encode_audio", "probe", "run", "scene_changes", "thumbnail",
-    "transcode_chunk",
+    "StreamInfo", "concat", "encode_audio", "keyframes", "probe", "run", "scene_changes",
+    "thumbnail", "thumbnails", "transcode_chunk",
 ]

@@ -156,6 +156,26 @@ async def probe(path: str | os.PathLike[str], *, limits: Limits = DEFAULT_LIMITS
     return result
 
 
+async def keyframes(path: str | os.PathLike[str], *, limits: Limits = DEFAULT_LIMITS,
+                    timeout_s: float | None = None) -> list[float]:
+    """The times (seconds, sorted) of the first video stream's key frames, read
+    from the packets without decoding: chunks cut there need no frames decoded
+    and thrown away before their start."""
+    await _check_input(path)
+    argv = [FFPROBE, "-hide_banner", "-loglevel", "level+warning", *_input(path),
+            "-select_streams", "V:0", "-show_entries", "packet=pts_time,flags",
+            "-of", "csv=p=0"]
+    done, _ = await _run(argv, [path], limits=limits, timeout_s=timeout_s)
+    times = []
+    for line in done.stdout.decode("ascii", "replace").splitlines():
+        fields = line.split(",")
+        if len(fields) >= 2 and "K" in fields[1]:
+            value = _float(fields[0])
+            if value is not None:
+                times.append(value)
+    return sorted(times)
+
+
 async def transcode_chunk(src: str | os.PathLike[str], dst: str | os.PathLike[str], *,
                           start_s: float, duration_s: float, height: int,
                           video_bitrate_k: int, limits: Limits = DEFAULT_LIMITS,
@@ -195,16 +215,18 @@ async def transcode_chunk(src: str | os.PathLike[str], dst: str | os.PathLike[st
 
 
 async def encode_audio(src: str | os.PathLike[str], dst: str | os.PathLike[str], *,
-                       bitrate_k: int, limits: Limits = DEFAULT_LIMITS,
+                       bitrate_k: int, copy: bool = False, limits: Limits = DEFAULT_LIMITS,
                        timeout_s: float | None = None) -> Path | None:
     """Encode ``src``'s first audio stream into ``dst`` as AAC in an MP4
-    (``.m4a``) container; None, writing nothing, when ``src`` has no audio."""
+    (``.m4a``) container; None, writing nothing, when ``src`` has no audio.
+    ``copy``: the stream is AAC already and is copied as it is."""
     if not (await probe(src, limits=limits, timeout_s=timeout_s)).has_audio:
         return None
+    codec = ["-c:a", "copy"] if copy else ["-c:a", "aac", "-b:a", f"{int(bitrate_k)}k"]
     args = [
         *_input(src),
         "-map", "0:a:0", "-vn", "-sn", "-dn", "-map_metadata", "-1", "-map_chapters", "-1",
-        "-c:a", "aac", "-b:a", f"{int(bitrate_k)}k",
+        *codec,
         "-f", "mp4",
     ]
     return await _write(args, src, dst, limits=limits, timeout_s=timeout_s,
@@ -252,6 +274,50 @@ async def thumbnail(src: str | os.PathLike[str], dst: str | os.PathLike[str], *,
     ]
     return await _write(args, src, dst, limits=limits, timeout_s=timeout_s,
                         empty=f"the input has no frame at {at_s:g} s")
+
+
+async def thumbnails(src: str | os.PathLike[str], shots: Sequence[tuple[str | os.PathLike[str],
+                                                                        float]], *,
+                     height: int, limits: Limits = DEFAULT_LIMITS,
+                     timeout_s: float | None = None) -> list[Path]:
+    """Several thumbnails in one ffmpeg run: ``shots`` are (dst, at_s) pairs.
+    Each shot opens the input once, seeking straight to its time."""
+    if not shots:
+        return []
+    if len(shots) == 1:
+        dst, at = shots[0]
+        return [await thumbnail(src, dst, at_s=at, height=height, limits=limits,
+                                timeout_s=timeout_s)]
+    _check_height(height)
+    await _check_input(src)
+    args: list[str] = []
+    for _, at in shots:
+        if at < 0:
+            raise ValueError(f"at_s must be >= 0, not {at!r}")
+        args += _input(src, before=["-ss", _seconds(at)])
+    outs = []
+    for i, (dst, at) in enumerate(shots[:-1]):
+        part = Path(dst).with_name(f".{Path(dst).name}.part")
+        args += ["-map", f"{i}:V:0", "-frames:v", "1", "-vf", f"scale=-2:{height}",
+                 "-c:v", "mjpeg", "-q:v", "3", "-f", "image2", "-update", "1",
+                 _url(part)]
+        outs.append((part, Path(dst), at))
+    last_dst, last_at = shots[-1]
+    args += ["-map", f"{len(shots) - 1}:V:0", "-frames:v", "1", "-vf", f"scale=-2:{height}",
+             "-c:v", "mjpeg", "-q:v", "3", "-f", "image2", "-update", "1"]
+    try:
+        await _write(args, src, last_dst, limits=limits, timeout_s=timeout_s,
+                     empty=f"the input has no frame at {last_at:g} s",
+                     more=[p for p, _, _ in outs])
+        for part, dst, at in outs:
+            if not await _nonempty(part):
+                raise MediaInputError(f"the input has no frame at {at:g} s")
+            await trio.Path(part).replace(dst)
+    finally:
+        for part, _, _ in outs:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(part)
+    return [Path(dst) for dst, _ in shots]
 
 
 async def scene_changes(src: str | os.PathLike[str], threshold: float = 0.4, *,
