@@ -273,9 +273,16 @@ class Transcode(Kind):
         if count is None:
             count = ctx.bindings.cfg.video.thumbnails
         duration = float(ctx.outputs["plan"]["duration_s"])
-        height = min(360, int(ctx.outputs["probe"]["height"]))
-        src = await local_source(ctx)
+        # from the first rendition: smaller than the source, so cheaper to
+        # seek and decode, and the same input whichever actor runs the step
+        first = ctx.outputs[f"assemble:{ctx.outputs['plan']['renditions'][0]['name']}"]
+        height = min(360, int(first["height"]))
         r2 = ctx.bindings.require_r2()
+        src = ctx.scratch.path / f"assemble-{first['name']}" / f"{first['name']}.mp4"
+        if not await trio.Path(src).exists():
+            ctx.scratch.ensure_room(int(first["size"]))
+            src = ctx.scratch.path / "thumb-source.mp4"
+            await r2.get(first["key"], src)
         shots = [(f"{i:02}.jpg", duration * (i + 1) / (count + 1)) for i in range(count)]
         shots.append(("poster.jpg", min(duration * 0.1, 5.0)))
         files = [(ctx.scratch.path / f"thumb-{name}", at) for name, at in shots]
