@@ -52,6 +52,7 @@ BACKOFF_BASE_S = 1.0
 BACKOFF_MAX_S = 300.0
 MAX_DEFERRAL_S = 3600.0
 MAX_PAYLOAD_BYTES = 256 * 1024
+SERVER_LISTEN = "127.0.0.1:8787"
 
 
 class _Section(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -165,9 +166,23 @@ class KindConfig(_Section, frozen=True):
     max_attempts: int | None = None
 
 
+class ServerConfig(_Section, frozen=True):
+    """``[server]``: the daemon's one HTTP port (API, feed, status page, metrics)."""
+
+    #: "host:port"; "" runs the daemon without a port
+    listen: str = SERVER_LISTEN
+    #: the environment variable (or credential file) holding the token that
+    #: opens every route; the read token opens reads, the feed and metrics only
+    token_env: str = "DEEPMOX_TOKEN"
+    read_token_env: str = "DEEPMOX_READ_TOKEN"
+    #: request bodies larger than this are refused (413)
+    max_body_bytes: int = MAX_PAYLOAD_BYTES
+
+
 class Config(_Section, frozen=True):
     d1: D1Config = msgspec.field(default_factory=D1Config)
     r2: R2Config = msgspec.field(default_factory=R2Config)
+    server: ServerConfig = msgspec.field(default_factory=ServerConfig)
     limits: LimitsConfig = msgspec.field(default_factory=LimitsConfig)
     video: VideoConfig = msgspec.field(default_factory=VideoConfig)
     supervisor: SupervisorConfig = msgspec.field(default_factory=SupervisorConfig)

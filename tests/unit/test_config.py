@@ -35,6 +35,7 @@ def test_example_file_decodes_to_the_defaults() -> None:
     assert cfg.supervisor == config.Config().supervisor
     assert cfg.limits == config.Config().limits
     assert cfg.video == config.Config().video
+    assert cfg.server == config.Config().server
     assert cfg.budget_for("sleep") == 30.0
 
 
