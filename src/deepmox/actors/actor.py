@@ -60,6 +60,8 @@ class Host(Protocol):
 
     def throttle_until(self, upstream: str) -> float | None: ...
 
+    def observe_step(self, kind: str, step: str, seconds: float) -> None: ...
+
     async def write_checkpoint(self, actor: Actor) -> None: ...
 
 
@@ -195,7 +197,7 @@ class Actor:
             except Exception as exc:
                 return self._on_unexpected(exc, nxt.name)
             took = trio.current_time() - self._step_started
-            self.host.costs.observe(self.kind, nxt.name, took)
+            self.host.observe_step(self.kind, nxt.name, took)
             done[nxt.name] = output
             self.checkpoint.times[nxt.name] = round(took, 6)
             self.step = None

@@ -39,6 +39,7 @@ FAILED_CYCLE_MIN_S = 0.05
 @dataclass(slots=True)
 class Queued:
     ack: Ack
+    kind: str = ""
     done: trio.Event | None = None
     ok: bool | None = None
 

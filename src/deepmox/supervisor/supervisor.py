@@ -33,7 +33,8 @@ from ..config import Config
 from ..errors import LeaseLostError
 from ..jobs import Claimed, EventType, JobState
 from . import policy
-from .budget import CostModel
+from .budget import CostModel, family
+from .histograms import Histograms
 from .lane import Lane, Queued, share
 from .pull import Ack
 
@@ -41,6 +42,9 @@ if TYPE_CHECKING:
     from ..bindings.r2 import R2
 
 log = logging.getLogger("deepmox.supervisor")
+
+STEP_BUCKETS_S = (0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
+RATIO_BUCKETS = (0.1, 0.25, 0.5, 0.75, 0.9, 1.0)
 
 #: which statistics counter an outcome's event adds to
 _COUNTERS = {
@@ -81,6 +85,10 @@ class Supervisor:
         self._wall = wall
         self.rng = rng or random.Random()
         self.costs = CostModel()
+        #: outcomes that took effect, by (counter, kind, error class): for metrics
+        self.outcomes: dict[tuple[str, str, str], int] = {}
+        self.step_seconds = Histograms(STEP_BUCKETS_S)
+        self.budget_use = Histograms(RATIO_BUCKETS)
         s = cfg.supervisor
         self.retry_policy = policy.RetryPolicy(s.backoff_base_s, s.backoff_max_s,
                                                s.max_deferral_s)
@@ -134,6 +142,10 @@ class Supervisor:
     def plan_deadline(self) -> float:
         return self.drain_deadline
 
+    def observe_step(self, kind: str, step: str, seconds: float) -> None:
+        self.costs.observe(kind, step, seconds)
+        self.step_seconds.observe((kind, family(step)), seconds)
+
     def throttle_until(self, upstream: str) -> float | None:
         return self._throttles.get(upstream)
 
@@ -145,7 +157,7 @@ class Supervisor:
             state=JobState.IN_PROGRESS.value, event=EventType.STEP_COMPLETED.value,
             ts=self._wall(), has_checkpoint=True, checkpoint=actor.checkpoint_json(),
             progress=actor.progress, step=actor.last_step)
-        q = Queued(ack, done=trio.Event())
+        q = Queued(ack, actor.kind, done=trio.Event())
         self._lanes_of[(actor.job_id, actor.job.lease_token)].enqueue(q)
         assert q.done is not None
         await q.done.wait()
@@ -253,6 +265,8 @@ class Supervisor:
             counter = _COUNTERS.get(q.ack.event)
             if counter:
                 self.counts[counter] += 1
+                key = (counter, q.kind, q.ack.error_class or "")
+                self.outcomes[key] = self.outcomes.get(key, 0) + 1
 
     # -- actors ------------------------------------------------------------------
 
@@ -280,6 +294,7 @@ class Supervisor:
         job = actor.job
         key = (job.id, job.lease_token)
         finish: Finish | None = None
+        started = trio.current_time()
         try:
             with trio.CancelScope(deadline=actor.deadline) as scope:
                 self._scopes[key] = scope
@@ -294,7 +309,9 @@ class Supervisor:
                 finish = actor.on_cancelled(releasing=self.releasing)
             lane = self._lanes_of[key]
             if finish is not None:
-                lane.enqueue(Queued(self._finish(actor, finish)))
+                lane.enqueue(Queued(self._finish(actor, finish), job.kind))
+            self.budget_use.observe((job.kind,), (trio.current_time() - started) /
+                                    actor.budget_s)
         finally:
             if actor.scratch.created:
                 with trio.CancelScope(shield=True):

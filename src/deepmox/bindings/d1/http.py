@@ -20,6 +20,7 @@ SQL error (code 7500), 400, 401, 403, 404              permanent
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -114,6 +115,7 @@ class HttpD1:
         self._client = client or httpx2.AsyncClient(timeout=timeout_s)
         self._headers = {"authorization": f"Bearer {token}", "content-type": "application/json"}
         self._requests = 0
+        self._seconds = 0.0
         self._statements = 0
         self._errors = 0
 
@@ -124,6 +126,7 @@ class HttpD1:
         await self.budget.acquire()
         self._requests += 1
         self._statements += len(statements)
+        began = time.perf_counter()
         try:
             response = await self._client.post(self.url, content=body, headers=self._headers)
         except httpx2.HTTPError as exc:
@@ -132,6 +135,8 @@ class HttpD1:
             # never the request's headers, so the token cannot leak into it.
             raise D1UnavailableError(
                 f"D1 is unreachable: {type(exc).__name__}: {exc}") from exc
+        finally:
+            self._seconds += time.perf_counter() - began
         try:
             envelope = _decode_envelope(response.content)
         except msgspec.DecodeError:
@@ -164,6 +169,7 @@ class HttpD1:
             requests=self._requests,
             statements=self._statements,
             errors=self._errors,
+            seconds=self._seconds,
             budget_remaining=self.budget.remaining(),
         )
 

@@ -51,6 +51,8 @@ class D1Statistics(msgspec.Struct, frozen=True, kw_only=True):
     requests: int
     statements: int
     errors: int
+    #: seconds spent waiting for answers, summed over requests
+    seconds: float
     #: requests this binding may still send now without waiting (None: unlimited)
     budget_remaining: float | None
 

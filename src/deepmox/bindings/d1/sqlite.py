@@ -20,6 +20,7 @@ from __future__ import annotations
 import queue
 import sqlite3
 import threading
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -72,6 +73,7 @@ class SqliteD1:
         ] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._requests = 0
+        self._seconds = 0.0
         self._statements = 0
         self._errors = 0
 
@@ -135,6 +137,7 @@ class SqliteD1:
             check_statement(s)
         self._requests += 1
         self._statements += len(statements)
+        began = time.perf_counter()
         try:
             if not self._in_thread:
                 await trio.lowlevel.checkpoint()
@@ -143,6 +146,8 @@ class SqliteD1:
         except sqlite3.Error as exc:
             self._errors += 1
             raise _map(exc) from exc
+        finally:
+            self._seconds += time.perf_counter() - began
 
     async def execute(self, sql: str, *params: Any) -> Result:
         return (await self.batch([Statement(sql, params)]))[0]
@@ -153,6 +158,7 @@ class SqliteD1:
             requests=self._requests,
             statements=self._statements,
             errors=self._errors,
+            seconds=self._seconds,
             budget_remaining=None,
         )
 
