@@ -147,14 +147,17 @@ class Lane:
         adopt = list(self.adopt)
         free, claims = self._free_slots()
         token = secrets.token_hex(8)
+        tail_after = sup.take_tail()
         cycle = pull.build(
             now=now, node=sup.node, acks=[q.ack for q in queued], lost=lost,
             throttles=throttles, claims=claims, free=free, token=token,
             leases=sup.leases, default_lease_s=sup.default_lease_s, adopt_tokens=adopt,
-            resent=self.resent)
+            resent=self.resent, tail_after=tail_after)
         try:
             results = await sup.d1.batch(cycle.statements)
         except BaseException:
+            if tail_after is not None:
+                sup.tail_done(None)
             # Nothing is known to have happened: everything goes again next
             # time. A claim may have committed even so; adopt its rows then.
             self.queue.extendleft(reversed(queued))
@@ -177,4 +180,5 @@ class Lane:
         for job in claimed:
             sup.spawn(job, self)
         sup.cycle_finished(now, reaped, throttle_rows)
-        return bool(claimed or queued)
+        more = sup.tail_done(results[cycle.tail].rows) if cycle.tail is not None else False
+        return bool(claimed or queued or more)

@@ -12,7 +12,8 @@ in this order, as one atomic batch:
 4. claim: up to the free actor slots, per kind where kinds have limits, with
    one fresh lease token, and the ``claimed`` events;
 5. adopt: rows claimed by an earlier cycle whose answer was lost;
-6. the active throttles, for every actor's :meth:`wait_throttle`.
+6. the active throttles, for every actor's :meth:`wait_throttle`;
+7. while feed clients listen: the fleet's events since the last one seen.
 """
 
 from __future__ import annotations
@@ -50,6 +51,8 @@ class Ack(msgspec.Struct, kw_only=True):
 
 
 _encode = msgspec.json.Encoder().encode
+#: events fetched per cycle for the live feed
+TAIL_LIMIT = 2_000
 
 
 @dataclass(slots=True)
@@ -68,6 +71,7 @@ class Cycle:
     reap: int | None = None
     claims: list[int] = field(default_factory=list)
     adopt: int | None = None
+    tail: int | None = None
     throttles: int = -1
 
     def add(self, sql: str, *params: object) -> int:
@@ -78,7 +82,8 @@ class Cycle:
 def build(*, now: float, node: str, acks: Sequence[Ack], lost: Sequence[dict[str, str]],
           throttles: Sequence[dict[str, object]], claims: Sequence[ClaimSpec], free: int,
           token: str, leases: dict[str, float], default_lease_s: float,
-          adopt_tokens: Sequence[str], resent: bool = False) -> Cycle:
+          adopt_tokens: Sequence[str], resent: bool = False,
+          tail_after: int | None = None) -> Cycle:
     """``resent``: some acks went out before in a request whose answer was
     lost; then which took effect is asked of ``last_ack``, not of this
     request's ``RETURNING``."""
@@ -114,6 +119,8 @@ def build(*, now: float, node: str, acks: Sequence[Ack], lost: Sequence[dict[str
     if adopt_tokens:
         c.adopt = c.add(Q["adopt"], dumps(list(adopt_tokens)))
     c.throttles = c.add(Q["throttles_active"], now)
+    if tail_after is not None:
+        c.tail = c.add(Q["tail_events"], tail_after, TAIL_LIMIT)
     return c
 
 

@@ -36,9 +36,10 @@ from . import policy
 from .budget import CostModel, family
 from .histograms import Histograms
 from .lane import Lane, Queued, share
-from .pull import Ack
+from .pull import TAIL_LIMIT, Ack
 
 if TYPE_CHECKING:
+    from ..api.feed import FeedHub
     from ..bindings.r2 import R2
 
 log = logging.getLogger("deepmox.supervisor")
@@ -89,6 +90,8 @@ class Supervisor:
         self.outcomes: dict[tuple[str, str, str], int] = {}
         self.step_seconds = Histograms(STEP_BUCKETS_S)
         self.budget_use = Histograms(RATIO_BUCKETS)
+        self.feed: FeedHub | None = None
+        self._tail_busy = False
         s = cfg.supervisor
         self.retry_policy = policy.RetryPolicy(s.backoff_base_s, s.backoff_max_s,
                                                s.max_deferral_s)
@@ -226,6 +229,30 @@ class Supervisor:
                     task_status.started()
         finally:
             self._stopped.set()
+
+    # -- the live feed -----------------------------------------------------------
+
+    def attach_feed(self, hub: FeedHub) -> None:
+        self.feed = hub
+
+    def take_tail(self) -> int | None:
+        """The event id to tail from in this cycle, if the feed has listeners
+        and no other lane's cycle is already tailing."""
+        hub = self.feed
+        if hub is None or hub.cursor is None or self._tail_busy:
+            return None
+        self._tail_busy = True
+        return hub.cursor
+
+    def tail_done(self, rows: list[list[Any]] | None) -> bool:
+        """Publish tailed events; True when more are waiting."""
+        if rows is None:  # no tail in this cycle, or it failed: try again next time
+            self._tail_busy = False
+            return False
+        self._tail_busy = False
+        if self.feed is not None and self.feed.cursor is not None:
+            self.feed.publish_events(rows)
+        return len(rows) >= TAIL_LIMIT
 
     # -- for the lanes -----------------------------------------------------------
 

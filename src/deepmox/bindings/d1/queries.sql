@@ -223,3 +223,23 @@ ON CONFLICT (kind, rendition) DO UPDATE SET
                  ELSE encode_speeds.speed + 0.3 * (excluded.speed - encode_speeds.speed) END,
     samples = encode_speeds.samples + 1,
     updated_at = excluded.updated_at;
+
+-- name: tail_events
+-- The fleet's timeline since the last event seen, for the live feed.
+SELECT e.id, e.job_id, j.kind, e.type, e.ts, e.attempt, e.state, e.progress, e.step,
+       e.error_class, e.detail, e.node
+FROM job_events AS e LEFT JOIN jobs AS j ON j.id = e.job_id
+WHERE e.id > ? ORDER BY e.id LIMIT ?;
+
+-- name: last_event_id
+SELECT coalesce(max(id), 0) FROM job_events;
+
+-- name: feed_snapshot_jobs
+-- Jobs in progress, and the most recently submitted others.
+SELECT {JOB_COLUMNS} FROM jobs WHERE state = 'in_progress'
+UNION ALL
+SELECT * FROM (SELECT {JOB_COLUMNS} FROM jobs WHERE state != 'in_progress'
+               ORDER BY created_at DESC, id DESC LIMIT ?);
+
+-- name: oldest_pending
+SELECT min(run_at) FROM jobs WHERE state = 'pending';
