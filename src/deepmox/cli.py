@@ -58,6 +58,14 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--idempotency-key", metavar="K")
     s.add_argument("--max-attempts", type=int, metavar="N")
     s.add_argument("--json", action="store_true", help="print the job as JSON")
+    s.add_argument("--wait", action="store_true",
+                   help="follow the job to its end; exit 0 only if it completed")
+    s.add_argument("--direct", action="store_true",
+                   help="write to D1 directly even when a daemon answers on [server] listen")
+
+    s = sub.add_parser("watch", help="the live feed of a running daemon")
+    s.add_argument("id", nargs="?", help="follow one job")
+    s.add_argument("--json", action="store_true", help="print the raw feed messages")
 
     s = sub.add_parser("status", help="show one job")
     s.add_argument("id")
@@ -153,16 +161,58 @@ async def _submit(cfg: config.Config, args: argparse.Namespace) -> int:
                                 "max_attempts": args.max_attempts}, JobSpec)
     except msgspec.ValidationError as exc:
         raise RefusedError(f"invalid job: {exc}") from None
-    async with open_client(cfg) as client:
-        job, created = await client.submit(spec, args.idempotency_key)
-    if args.json:
+    from . import remote
+
+    answer = None if args.direct else await remote.submit(cfg, spec, args.idempotency_key)
+    if answer is None:
+        async with open_client(cfg) as client:
+            answer = await client.submit(spec, args.idempotency_key)
+    job, created = answer
+    if args.json and not args.wait:
         _print_json(job)
     else:
         print(job.id)
-        if not created:
-            print(f"deepmox: idempotency key {args.idempotency_key!r} names an existing job",
-                  file=sys.stderr)
+    if not created:
+        print(f"deepmox: idempotency key {args.idempotency_key!r} names an existing job",
+              file=sys.stderr)
+    if args.wait:
+        final = await _wait(cfg, job)
+        if args.json:
+            _print_json(final)
+        return EXIT_OK if final.state == "completed" else EXIT_FAILURE
     return EXIT_OK
+
+
+async def _wait(cfg: config.Config, job: Job) -> Job:
+    """Follow ``job`` with a progress bar until it ends: reading D1 every
+    half second (the feed, when a daemon serves one, carries the same)."""
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from .jobs import TERMINAL_STATES
+
+    columns = (TextColumn("{task.description}"), BarColumn(),
+               TextColumn("{task.percentage:>3.0f}%"), TextColumn("{task.fields[step]}"),
+               TimeElapsedColumn())
+    async with open_client(cfg) as client:
+        with Progress(*columns, console=_stderr_console(), transient=False) as bar:
+            task = bar.add_task(f"{job.kind} {job.id}", total=1.0, step="")
+            while True:
+                job = await client.get(job.id)
+                bar.update(task, completed=job.progress,
+                           step=f"{job.state} {job.step or ''}".strip())
+                if job.state in TERMINAL_STATES:
+                    break
+                await trio.sleep(0.5)
+    if job.state != "completed":
+        print(f"deepmox: job {job.id} {job.state}: {job.error_class}: {job.error_message}",
+              file=sys.stderr)
+    return job
+
+
+def _stderr_console() -> Any:
+    from rich.console import Console
+
+    return Console(stderr=True)
 
 
 async def _status(cfg: config.Config, args: argparse.Namespace) -> int:
@@ -252,6 +302,16 @@ def _config_source(args: argparse.Namespace) -> str:
     return "embedded defaults"
 
 
+async def _watch(cfg: config.Config, args: argparse.Namespace) -> int:
+    from . import remote
+    from .watch import watch
+
+    if not cfg.server.listen:
+        raise RefusedError("[server] listen is empty: this daemon has no feed to watch")
+    return await watch(remote.local_address(cfg.server.listen), remote.token(cfg), args.id,
+                       args.json)
+
+
 async def _demo(cfg: config.Config, args: argparse.Namespace) -> int:
     from .demo import run_core, run_video
 
@@ -261,7 +321,7 @@ async def _demo(cfg: config.Config, args: argparse.Namespace) -> int:
 _COMMANDS: dict[str, Callable[[config.Config, argparse.Namespace], Awaitable[int]]] = {
     "run": _run, "migrate": _migrate, "submit": _submit, "status": _status, "jobs": _jobs,
     "events": _events, "cancel": _change("cancel"), "retry": _change("retry"),
-    "doctor": _doctor, "demo": _demo,
+    "doctor": _doctor, "demo": _demo, "watch": _watch,
 }
 
 __all__ = ["Event", "main"]
