@@ -97,6 +97,7 @@ class Actor:
         #: the step running, or the last one that ran (named on the outcome's event)
         self.last_step: str | None = None
         self.step_progress = 0.0
+        self._total_steps = 0
         self._step_first = False
         self._step_started = 0.0
         self.outputs: Mapping[str, Any] = self.checkpoint.done
@@ -106,6 +107,12 @@ class Actor:
         limits = host.bindings.cfg.limits
         self.scratch = Scratch(host.bindings.cfg.video.scratch_dir, limits.scratch_bytes,
                                f"{job.kind}-{job.id}")
+
+    def live_progress(self) -> float:
+        """Progress including the running step's own report."""
+        if self.step is None or not self._total_steps:
+            return self.progress
+        return min(1.0, self.progress + self.step_progress / self._total_steps)
 
     @property
     def step_times(self) -> Mapping[str, float]:
@@ -161,6 +168,7 @@ class Actor:
             except Exception as exc:
                 return self._on_unexpected(exc, "plan")
             todo = [s for s in steps if s.name not in done]
+            self._total_steps = len(steps)
             if not todo:
                 try:
                     result = self._kind.result(payload, done)

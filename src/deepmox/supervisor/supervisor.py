@@ -149,6 +149,10 @@ class Supervisor:
         self.costs.observe(kind, step, seconds)
         self.step_seconds.observe((kind, family(step)), seconds)
 
+    def throttles(self) -> dict[str, float]:
+        """Upstreams throttled (as last read from D1), and until when."""
+        return dict(self._throttles)
+
     def throttle_until(self, upstream: str) -> float | None:
         return self._throttles.get(upstream)
 
