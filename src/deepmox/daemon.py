@@ -4,6 +4,12 @@
 their own nurseries (``await nursery.start(serve, cfg)`` returns once the
 daemon claims work). SIGTERM or SIGINT drains it; it then returns and the
 process exits 0.
+
+Under systemd (``Type=notify``, see ``systemd/deepmox.service``) it reports
+through ``$NOTIFY_SOCKET``: ``READY=1`` once migrations are applied, the
+bindings are open and the supervisor runs; ``STATUS=`` with its counts;
+``WATCHDOG=1`` only while the pull loop cycles (a stuck loop stops the pings
+and systemd restarts the service); ``STOPPING=1`` when the drain starts.
 """
 
 from __future__ import annotations
@@ -16,13 +22,14 @@ from collections.abc import Callable
 
 import trio
 
+from ._sdnotify import Notifier
 from .actors.registry import Registry
 from .bindings.d1 import D1, open_d1
 from .bindings.d1.migrate import migrate
 from .bindings.r2 import open_r2
 from .client import Client, default_node
 from .config import Config
-from .supervisor import Supervisor
+from .supervisor import Supervisor, SupervisorStatistics
 from .wake import WakeListener
 
 log = logging.getLogger("deepmox.daemon")
@@ -31,25 +38,40 @@ log = logging.getLogger("deepmox.daemon")
 #: win it back from the event loop; Python's default 5 ms switch interval would
 #: make it wait that long each time. 1 ms keeps the two overlapping.
 SWITCH_INTERVAL_S = 0.001
+#: how often STATUS= is refreshed (only sent when its text changed)
+STATUS_EVERY_S = 2.0
+#: watchdog pings are considered this many times per watchdog interval
+WATCHDOG_TICKS = 4
 
 
 class Daemon:
     """What a running daemon exposes to whoever started it."""
 
-    def __init__(self, cfg: Config, d1: D1, supervisor: Supervisor, client: Client) -> None:
+    def __init__(self, cfg: Config, d1: D1, supervisor: Supervisor, client: Client,
+                 notifier: Notifier | None = None) -> None:
         self.cfg = cfg
         self.d1 = d1
         self.supervisor = supervisor
         self.client = client
+        self.notifier = notifier or Notifier({})
+        self._stopping_sent = False
 
     def stop(self) -> None:
+        """Start the drain (what SIGTERM and SIGINT do); tell systemd first."""
+        self.notify_stopping()
         self.supervisor.stop()
+
+    def notify_stopping(self) -> None:
+        if not self._stopping_sent:
+            self._stopping_sent = True
+            self.notifier.stopping()
 
 
 async def serve(cfg: Config, *, wall: Callable[[], float] = time.time,
                 handle_signals: bool = True, node: str | None = None,
                 task_status: trio.TaskStatus[Daemon] = trio.TASK_STATUS_IGNORED) -> None:
     node = node or cfg.supervisor.node or default_node()
+    notifier = Notifier()
     sys.setswitchinterval(min(sys.getswitchinterval(), SWITCH_INTERVAL_S))
     registry = Registry.load(cfg.supervisor.kind_modules)
     r2 = open_r2(cfg.r2)
@@ -60,16 +82,26 @@ async def serve(cfg: Config, *, wall: Callable[[], float] = time.time,
             log.info("applied migration %s", m.name, extra={"event": "migrated"})
         supervisor = Supervisor(cfg, d1, registry, node=node, wall=wall, r2=r2)
         client = Client(cfg, d1, registry, wall=wall, node=node)
-        daemon = Daemon(cfg, d1, supervisor, client)
+        daemon = Daemon(cfg, d1, supervisor, client, notifier)
         listener = WakeListener(cfg.d1.path, node) if cfg.d1.backend == "sqlite" else None
         async with trio.open_nursery() as nursery:
             await nursery.start(supervisor.run)
             if listener is not None and await listener.open():
                 nursery.start_soon(listener.recv_forever, supervisor.wake)
             if handle_signals:
-                nursery.start_soon(_on_signals, supervisor)
+                # started, not start_soon: once READY=1 is out, SIGTERM must drain
+                await nursery.start(_on_signals, daemon)
+            # READY=1: migrations applied, bindings open, the supervisor claiming.
+            # When the HTTP port ([server] listen) is added, READY must move
+            # after the port is listening (after its nursery.start), so that
+            # systemd's "started" means the API answers.
+            notifier.ready()
             log.info("daemon %s running: d1=%s, %d kinds", node, cfg.d1.backend,
                      len(registry.names()), extra={"event": "ready"})
+            nursery.start_soon(_report_status, daemon)
+            interval = notifier.watchdog_interval_s()
+            if interval is not None and notifier.enabled:
+                nursery.start_soon(_watchdog, supervisor, notifier, interval)
             task_status.started(daemon)
             await supervisor.wait_stopped()
             nursery.cancel_scope.cancel()
@@ -77,14 +109,77 @@ async def serve(cfg: Config, *, wall: Callable[[], float] = time.time,
             listener.close()
         log.info("daemon %s stopped", node, extra={"event": "stopped"})
     finally:
+        notifier.close()
         with trio.CancelScope(shield=True):
             await d1.aclose()
             await r2.aclose()
 
 
-async def _on_signals(supervisor: Supervisor) -> None:
+async def _on_signals(daemon: Daemon, *,
+                      task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        task_status.started()
         async for signum in signals:
             log.info("received %s: draining", signal.Signals(signum).name,
                      extra={"event": "signal"})
-            supervisor.stop()
+            daemon.stop()
+
+
+def status_text(st: SupervisorStatistics) -> str:
+    """The one line systemd shows for the daemon (``systemctl status``)."""
+    counts = (f"{st.running} running, {st.completed} completed, {st.failed} failed, "
+              f"{st.retried} retried")
+    return f"draining: {counts}" if st.draining else counts
+
+
+async def _report_status(daemon: Daemon) -> None:
+    """STATUS= when the counts changed, checked every ``STATUS_EVERY_S``; and
+    STOPPING=1 if a drain was started without :meth:`Daemon.stop`."""
+    sent = ""
+    while True:
+        st = daemon.supervisor.statistics()
+        if st.draining:
+            daemon.notify_stopping()
+        text = status_text(st)
+        if text != sent:
+            daemon.notifier.status(text)
+            sent = text
+        await trio.sleep(STATUS_EVERY_S)
+
+
+def loop_alive(st: SupervisorStatistics, now: float, interval: float,
+               failed_seen_at: float | None) -> bool:
+    """Whether the pull loop has shown life within ``interval`` seconds: a
+    cycle that reached D1 (``last_cycle_at``) or one that failed trying
+    (observed at ``failed_seen_at``): an unreachable D1 is not a stuck loop."""
+    marks = [t for t in (st.last_cycle_at, failed_seen_at) if t is not None]
+    return bool(marks) and now - max(marks) <= interval
+
+
+async def _watchdog(supervisor: Supervisor, notifier: Notifier, interval: float) -> None:
+    """WATCHDOG=1 every ``interval / WATCHDOG_TICKS`` while the pull loop is
+    alive (:func:`loop_alive`). An idle loop still cycles every ``poll_max_s``,
+    so WatchdogSec must be several times that (and, on the REST backend, above
+    the idle floor and ``[d1] timeout_s``)."""
+    started = trio.current_time()
+    failed = supervisor.statistics().failed_cycles
+    failed_seen_at: float | None = None
+    silent = False
+    while True:
+        st = supervisor.statistics()
+        now = trio.current_time()
+        if st.failed_cycles != failed:
+            failed, failed_seen_at = st.failed_cycles, now
+        if loop_alive(st, now, interval, failed_seen_at):
+            notifier.watchdog()
+            if silent:
+                silent = False
+                log.info("the pull loop cycles again: watchdog pings resumed",
+                         extra={"event": "watchdog_resumed"})
+        elif not silent and now - started > interval:
+            silent = True
+            last = max(t for t in (st.last_cycle_at, failed_seen_at, started) if t is not None)
+            log.error("the pull loop has shown no life for %.1f s: watchdog pings stopped, "
+                      "systemd will restart the daemon", now - last,
+                      extra={"event": "watchdog_stopped"})
+        await trio.sleep(interval / WATCHDOG_TICKS)
