@@ -44,8 +44,8 @@ def write_config(path: Path, text: str) -> Path:
     return path
 
 
-def sqlite_config(db: Path, extra: str = "") -> str:
-    return f'[d1]\npath = "{db}"\n{extra}'
+def sqlite_config(db: Path, extra: str = "", listen: str = "") -> str:
+    return f'[d1]\npath = "{db}"\n[server]\nlisten = "{listen}"\n{extra}'
 
 
 def prepare(cfg_path: Path) -> config.Config:

@@ -48,7 +48,7 @@ def main() -> None:
         origin = api_base.removesuffix("/client/v4")
         cfg_path = write_config(d / "deepmox.toml", (
             f'[d1]\nbackend = "http"\napi_base = "{api_base}"\naccount_id = "acc"\n'
-            'database_id = "db"\n'))
+            'database_id = "db"\n[server]\nlisten = ""\n'))
         os.environ["CLOUDFLARE_API_TOKEN"] = TOKEN
         cfg = config.load(cfg_path)
         n_jobs = int(args.rate * args.seconds)

@@ -18,12 +18,18 @@ import logging
 import signal
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Iterator
+from functools import partial
+from typing import TYPE_CHECKING, Any
 
 import trio
 
 from ._sdnotify import Notifier
 from .actors.registry import Registry
+from .api.feed import FeedHub, ticker
+from .api.metrics import DaemonCollector
+from .api.server import serve_api
+from .api.surface import FleetView, daemon_routes, health_of, progress_messages
 from .bindings.d1 import D1, open_d1
 from .bindings.d1.migrate import migrate
 from .bindings.r2 import open_r2
@@ -31,6 +37,9 @@ from .client import Client, default_node
 from .config import Config
 from .supervisor import Supervisor, SupervisorStatistics
 from .wake import WakeListener
+
+if TYPE_CHECKING:
+    from prometheus_client.core import Metric
 
 log = logging.getLogger("deepmox.daemon")
 
@@ -53,6 +62,10 @@ class Daemon:
         self.d1 = d1
         self.supervisor = supervisor
         self.client = client
+        #: the live feed's fan-out
+        self.feed = FeedHub()
+        #: "host:port" the HTTP API listens on, None without one
+        self.api_address: str | None = None
         self.notifier = notifier or Notifier({})
         self._stopping_sent = False
 
@@ -84,35 +97,73 @@ async def serve(cfg: Config, *, wall: Callable[[], float] = time.time,
         client = Client(cfg, d1, registry, wall=wall, node=node)
         daemon = Daemon(cfg, d1, supervisor, client, notifier)
         listener = WakeListener(cfg.d1.path, node) if cfg.d1.backend == "sqlite" else None
-        async with trio.open_nursery() as nursery:
-            await nursery.start(supervisor.run)
-            if listener is not None and await listener.open():
-                nursery.start_soon(listener.recv_forever, supervisor.wake)
-            if handle_signals:
-                # started, not start_soon: once READY=1 is out, SIGTERM must drain
-                await nursery.start(_on_signals, daemon)
-            # READY=1: migrations applied, bindings open, the supervisor claiming.
-            # When the HTTP port ([server] listen) is added, READY must move
-            # after the port is listening (after its nursery.start), so that
-            # systemd's "started" means the API answers.
-            notifier.ready()
-            log.info("daemon %s running: d1=%s, %d kinds", node, cfg.d1.backend,
-                     len(registry.names()), extra={"event": "ready"})
-            nursery.start_soon(_report_status, daemon)
-            interval = notifier.watchdog_interval_s()
-            if interval is not None and notifier.enabled:
-                nursery.start_soon(_watchdog, supervisor, notifier, interval)
-            task_status.started(daemon)
-            await supervisor.wait_stopped()
-            nursery.cancel_scope.cancel()
-        if listener is not None:
-            listener.close()
+        supervisor.attach_feed(daemon.feed)
+        view = FleetView(supervisor)
+        try:
+            await _run(cfg, daemon, view, listener, notifier, registry, handle_signals,
+                       task_status)
+        finally:
+            if listener is not None:
+                listener.close()
         log.info("daemon %s stopped", node, extra={"event": "stopped"})
     finally:
         notifier.close()
         with trio.CancelScope(shield=True):
             await d1.aclose()
             await r2.aclose()
+
+
+async def _run(cfg: Config, daemon: Daemon, view: FleetView, listener: WakeListener | None,
+               notifier: Notifier, registry: Registry, handle_signals: bool,
+               task_status: trio.TaskStatus[Daemon]) -> None:
+    supervisor, client, d1 = daemon.supervisor, daemon.client, daemon.d1
+    r2 = supervisor.bindings.r2
+    node = supervisor.node
+    async with trio.open_nursery() as nursery:
+        await nursery.start(supervisor.run)
+        if listener is not None and await listener.open():
+            nursery.start_soon(listener.recv_forever, supervisor.wake)
+        if handle_signals:
+            # started, not start_soon: once READY=1 is out, SIGTERM must drain
+            await nursery.start(_on_signals, daemon)
+        nursery.start_soon(view.run, daemon.feed)
+        nursery.start_soon(ticker, daemon.feed,
+                           lambda: progress_messages(supervisor), _stats(view))
+        if cfg.server.listen:
+            collector = DaemonCollector(supervisor, d1, r2, lambda: view.counts,
+                                        extra=lambda: _feed_metrics(daemon.feed))
+            stuck_after = max(10.0, 5 * cfg.supervisor.poll_max_s, cfg.d1.timeout_s)
+            daemon.api_address = await nursery.start(partial(
+                serve_api, cfg, client, health=health_of(supervisor, stuck_after),
+                routes=daemon_routes(supervisor, daemon.feed, view, collector)))
+        # READY=1: migrations applied, bindings open, the supervisor
+        # claiming and the HTTP port listening.
+        notifier.ready()
+        log.info("daemon %s running: d1=%s, %d kinds", node, cfg.d1.backend,
+                 len(registry.names()), extra={"event": "ready"})
+        nursery.start_soon(_report_status, daemon)
+        interval = notifier.watchdog_interval_s()
+        if interval is not None and notifier.enabled:
+            nursery.start_soon(_watchdog, supervisor, notifier, interval)
+        task_status.started(daemon)
+        await supervisor.wait_stopped()
+        nursery.cancel_scope.cancel()
+
+
+def _stats(view: FleetView) -> Callable[[], Awaitable[dict[str, Any]]]:
+    async def stats() -> dict[str, Any]:
+        return view.stats()
+
+    return stats
+
+
+def _feed_metrics(hub: FeedHub) -> Iterator[Metric]:
+    from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+    yield GaugeMetricFamily("deepmox_feed_clients", "Feed clients connected",
+                            value=len(hub.clients))
+    yield CounterMetricFamily("deepmox_feed_clients_dropped", "Feed clients dropped for "
+                              "falling behind", value=hub.dropped_total)
 
 
 async def _on_signals(daemon: Daemon, *,

@@ -115,6 +115,7 @@ class Cluster:
         sections_out: dict[str, dict[str, object]] = {
             "d1": {**self.d1_section(), **(d1 or {})},
             "r2": {"path": str(self.tmp_path / "r2")},
+            "server": {"listen": ""},
             "supervisor": {"node": node, **(supervisor or {})},
         }
         for name, values in (kinds or {}).items():

@@ -25,7 +25,7 @@ import trio
 log = logging.getLogger("deepmox.feed")
 
 #: messages a client may fall behind by before it is dropped
-CLIENT_QUEUE = 2_000
+CLIENT_QUEUE = 10_000
 STATS_EVERY_S = 2.0
 PROGRESS_EVERY_S = 0.5
 CLOSE_TRY_AGAIN = 1013

@@ -1,0 +1,165 @@
+"""The live feed, /metrics and the status page on a real daemon port.
+
+Rules: daemons run in-process (``daemon.serve``) on a real SQLite file with
+``[server] listen = "127.0.0.1:0"``; clients are trio-websocket and httpx2
+over loopback. Waiting is on messages and events with bounded timeouts,
+never on the wall clock.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx2
+import msgspec
+import pytest
+import trio
+from trio_websocket import ConnectionClosed, open_websocket_url
+
+from deepmox import config
+from deepmox.api import feed as feed_module
+from deepmox.client import JobSpec
+from deepmox.daemon import Daemon, serve
+
+pytestmark = pytest.mark.slow
+
+
+def make_config(tmp_path: Path, node: str, listen: str = "127.0.0.1:0",
+                max_actors: int = 200) -> config.Config:
+    return config.decode(
+        f'[d1]\npath = "{tmp_path / "feed.db"}"\n[r2]\npath = "{tmp_path / "r2"}"\n'
+        f'[server]\nlisten = "{listen}"\n[supervisor]\nnode = "{node}"\npoll_max_s = 0.1\n'
+        f'max_actors = {max_actors}\n')
+
+
+@asynccontextmanager
+async def running(cfg: config.Config) -> AsyncIterator[Daemon]:
+    async with trio.open_nursery() as nursery:
+        daemon: Daemon = await nursery.start(
+            lambda task_status: serve(cfg, handle_signals=False, task_status=task_status))
+        try:
+            yield daemon
+        finally:
+            daemon.stop()
+
+
+async def submit(daemon: Daemon, kind: str, n: int, payload: dict[str, Any] | None = None
+                 ) -> list[str]:
+    done = await daemon.client.submit_many(
+        [(JobSpec(kind=kind, payload=payload or {}), None)] * n)
+    return [job.id for job, _ in done]
+
+
+async def test_snapshot_then_every_event_in_order(tmp_path: Path) -> None:
+    async with running(make_config(tmp_path, "a")) as daemon:
+        earlier = await submit(daemon, "noop", 1)
+        with trio.fail_after(10):
+            while (await daemon.client.get(earlier[0])).state != "completed":
+                await daemon.supervisor.wait_cycle()
+        url = f"ws://{daemon.api_address}/v1/feed"
+        async with open_websocket_url(url) as ws:
+            snapshot = msgspec.json.decode(await ws.get_message())
+            assert snapshot["type"] == "snapshot"
+            assert earlier[0] in [j["id"] for j in snapshot["jobs"]]
+            assert "running" in snapshot["stats"]
+            ids = await submit(daemon, "noop", 20)
+            seen: dict[str, list[str]] = {i: [] for i in ids}
+            last_id = 0
+            with trio.fail_after(20):
+                while not all(v and v[-1] == "completed" for v in seen.values()):
+                    m = msgspec.json.decode(await ws.get_message())
+                    if m["type"] != "event":
+                        continue
+                    assert m["id"] > last_id, "events arrive in order"
+                    last_id = m["id"]
+                    if m["job_id"] in seen:
+                        assert m["kind"] == "noop"
+                        seen[m["job_id"]].append(m["event"])
+            for events in seen.values():
+                assert events == ["submitted", "claimed", "completed"]
+
+
+async def test_a_client_that_stops_reading_is_dropped(tmp_path: Path) -> None:
+    # 20,000 jobs make 60,000 events (~15 MB): more than the stalled client's
+    # queue (feed.CLIENT_QUEUE) and the kernel's socket buffers together
+    assert feed_module.CLIENT_QUEUE * 3 < 60_000
+    async with running(make_config(tmp_path, "a")) as daemon:
+        url = f"ws://{daemon.api_address}/v1/feed"
+        completed: set[str] = set()
+        async with open_websocket_url(url) as reader, \
+                open_websocket_url(url, message_queue_size=0) as stalled, \
+                trio.open_nursery() as nursery:
+            assert msgspec.json.decode(await reader.get_message())["type"] == "snapshot"
+
+            async def read() -> None:
+                while True:
+                    m = msgspec.json.decode(await reader.get_message())
+                    if m["type"] == "event" and m["event"] == "completed":
+                        completed.add(m["job_id"])
+
+            nursery.start_soon(read)
+            ids: set[str] = set()
+            for _ in range(10):
+                ids.update(await submit(daemon, "noop", 2000))
+            with trio.fail_after(60):
+                while not ids <= completed:
+                    await daemon.supervisor.wait_cycle()
+            nursery.cancel_scope.cancel()
+            assert daemon.feed.dropped_total == 1, "only the stalled client is dropped"
+            code = None
+            with trio.fail_after(10):
+                try:
+                    while True:
+                        await stalled.get_message()
+                except ConnectionClosed as exc:
+                    code = exc.reason.code
+            assert code == 1013
+        assert (await daemon.client.counts())["completed"] == len(ids)
+
+
+async def test_events_of_another_daemon_arrive(tmp_path: Path) -> None:
+    # a runs one actor, b twenty: most jobs are b's, and a's feed shows them
+    async with running(make_config(tmp_path, "a", max_actors=1)) as a:
+        url = f"ws://{a.api_address}/v1/feed"
+        async with open_websocket_url(url) as ws:
+            await ws.get_message()  # the snapshot
+            async with running(make_config(tmp_path, "b", listen="", max_actors=20)) as b:
+                ids = set(await submit(b, "sleep", 20, {"seconds": 0.2}))
+                nodes = set()
+                with trio.fail_after(30):
+                    while ids:
+                        m = msgspec.json.decode(await ws.get_message())
+                        if m.get("event") == "completed" and m["job_id"] in ids:
+                            ids.discard(m["job_id"])
+                            nodes.add(m["node"])
+                assert "b" in nodes
+
+
+async def test_metrics_and_the_status_page(tmp_path: Path) -> None:
+    async with running(make_config(tmp_path, "a")) as daemon:
+        (job_id,) = await submit(daemon, "noop", 1)
+        with trio.fail_after(10):
+            while (await daemon.client.get(job_id)).state != "completed":
+                await daemon.supervisor.wait_cycle()
+        async with httpx2.AsyncClient(base_url=f"http://{daemon.api_address}") as http:
+            metrics = await http.get("/metrics")
+            assert metrics.status_code == 200
+            assert metrics.headers["content-type"].startswith("text/plain")
+            assert 'deepmox_jobs_completed_total{kind="noop"} 1.0' in metrics.text
+            page = await http.get("/")
+            assert page.status_code == 200
+            assert "/v1/feed" in page.text
+            health = await http.get("/healthz")
+            assert health.json() == {"ok": True}
+
+
+def chromium_path() -> str | None:
+    import shutil
+
+    return shutil.which("chromium")
+
+
+Expect = Callable[[str], Any]
