@@ -126,10 +126,12 @@ class Cluster:
         return path
 
     async def start_daemon(self, node: str, *, wait_ready: bool = True,
-                           **options: Any) -> Daemon:
-        """Start ``deepmox run`` as node ``node``; ``options`` go to :meth:`write_config`."""
+                           env: dict[str, str] | None = None, **options: Any) -> Daemon:
+        """Start ``deepmox run`` as node ``node``; ``options`` go to :meth:`write_config`,
+        ``env`` to its environment."""
         path = self.write_config(node, **options)
-        env = _child_env(**({TOKEN_ENV: TOKEN} if self.backend == "http" else {}))
+        env = _child_env(**({TOKEN_ENV: TOKEN} if self.backend == "http" else {}),
+                         **(env or {}))
         proc = await self.processes.start(
             node, [str(BIN / "deepmox"), "--config", str(path), "--log-format", "json", "run"],
             env=env, cwd=self.tmp_path)
