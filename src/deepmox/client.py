@@ -13,6 +13,7 @@ import socket
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Annotated, Any
 
 import msgspec
@@ -44,8 +45,14 @@ def default_node() -> str:
 
 class Client:
     def __init__(self, cfg: Config, d1: D1, registry: Registry, *,
-                 wall: Callable[[], float] = time.time, node: str | None = None) -> None:
+                 wall: Callable[[], float] = time.time, node: str | None = None,
+                 on_submit: Callable[[], None] | None = None) -> None:
+        """``on_submit``: called after each submission or retry, in place of
+        the local wake-up datagrams (a daemon wakes its own supervisor)."""
         self.cfg = cfg
+        self.on_submit = on_submit
+        #: a daemon's own wake-up socket, which its own submissions need not use
+        self.own_wake_socket: Path | None = None
         self.d1 = d1
         self.registry = registry
         self.wall = wall
@@ -89,9 +96,14 @@ class Client:
         """Submit several jobs in one request; all are validated first."""
         prepared = [self.prepare(spec, key) for spec, key in specs]
         out = await self.store.submit(prepared)
-        if self.cfg.d1.backend == "sqlite":
-            wake.notify(self.cfg.d1.path)
+        self._wake()
         return out
+
+    def _wake(self) -> None:
+        if self.on_submit is not None:
+            self.on_submit()
+        if self.cfg.d1.backend == "sqlite":
+            wake.notify(self.cfg.d1.path, skip=self.own_wake_socket)
 
     async def get(self, job_id: str) -> Job:
         return await self.store.get(job_id)
@@ -108,8 +120,7 @@ class Client:
 
     async def retry(self, job_id: str) -> Job:
         job = await self.store.retry(job_id)
-        if self.cfg.d1.backend == "sqlite":
-            wake.notify(self.cfg.d1.path)
+        self._wake()
         return job
 
     async def counts(self) -> dict[str, int]:

@@ -254,6 +254,18 @@ def _check(cfg: Config) -> Config:
     return cfg
 
 
+def database_identity(cfg: D1Config) -> str:
+    """A short fingerprint of the database ``cfg`` names: a CLI sends it with a
+    submission so that a daemon serving another database refuses it."""
+    import hashlib
+
+    if cfg.backend == "sqlite":
+        where = "sqlite:" + os.path.realpath(cfg.path)
+    else:
+        where = f"d1:{cfg.account_id}/{cfg.database_id}"
+    return hashlib.sha256(where.encode()).hexdigest()[:16]
+
+
 def decode(text: str | bytes, *, source: str = "<config>") -> Config:
     """Decode TOML text into a :class:`Config`, or raise :class:`ConfigError`."""
     try:

@@ -12,7 +12,7 @@ from typing import Any
 import msgspec
 
 from .client import JobSpec
-from .config import Config, secret
+from .config import Config, database_identity, secret
 from .errors import ConflictError, DeepmoxError, NotFoundError, RefusedError
 from .jobs import Job
 
@@ -54,7 +54,8 @@ async def submit(cfg: Config, spec: JobSpec, idempotency_key: str | None
         return None
     import httpx2
 
-    headers: dict[str, Any] = {"content-type": "application/json"}
+    headers: dict[str, Any] = {"content-type": "application/json",
+                               "x-deepmox-database": database_identity(cfg.d1)}
     write_token = secret(cfg.server.token_env)
     if write_token:
         headers["authorization"] = f"Bearer {write_token}"
@@ -72,4 +73,8 @@ async def submit(cfg: Config, spec: JobSpec, idempotency_key: str | None
         raise DeepmoxError(f"the daemon at {url} did not answer: {exc}") from None
     if response.status_code in (200, 201):
         return msgspec.json.decode(response.content, type=Job), response.status_code == 201
+    if response.status_code == 409 and b"other_database" in response.content:
+        return None  # a daemon of another database: write to ours directly
+    if response.status_code in (401, 403) and not write_token:
+        return None  # a daemon that wants a token we do not have: D1 directly
     raise _error(response.status_code, response.content)

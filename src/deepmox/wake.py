@@ -24,11 +24,12 @@ def wake_dir(db_path: str) -> Path:
     return Path(db_path + ".wake")
 
 
-def notify(db_path: str) -> int:
-    """Wake every daemon listening beside ``db_path``; return how many were told."""
+def notify(db_path: str, *, skip: Path | None = None) -> int:
+    """Wake every daemon listening beside ``db_path`` (but the one at ``skip``,
+    a daemon's own socket); return how many were told."""
     folder = wake_dir(db_path)
     try:
-        entries = list(folder.iterdir())
+        entries = [e for e in folder.iterdir() if e != skip]
     except OSError:
         return 0
     told = 0

@@ -18,7 +18,7 @@ import pytest
 class Cli:
     def __init__(self, tmp: Path) -> None:
         self.cfg = tmp / "deepmox.toml"
-        self.cfg.write_text(f'[d1]\npath = "{tmp / "cli.db"}"\n')
+        self.cfg.write_text(f'[d1]\npath = "{tmp / "cli.db"}"\n[server]\nlisten = ""\n')
 
     def __call__(self, *args: str, config: Path | None = None
                  ) -> subprocess.CompletedProcess[str]:

@@ -29,7 +29,7 @@ from urllib.parse import parse_qsl
 import msgspec
 
 from ..client import Client, JobSpec
-from ..config import Config
+from ..config import Config, database_identity
 from ..jobs import JobState
 from .auth import Access, Tokens
 from .errors import JSON_HEADERS, Headers, HttpError, log, response_for
@@ -348,6 +348,7 @@ class JobsApi:
     def __init__(self, client: Client, health: Callable[[], Health]) -> None:
         self.client = client
         self.health = health
+        self.database = database_identity(client.cfg.d1)
 
     def _job_id(self, request: Request) -> str:
         job_id = request.params["id"]
@@ -360,6 +361,11 @@ class JobsApi:
         return json_response(200 if health.ok else 503, health)
 
     async def submit(self, request: Request) -> Response:
+        database = request.header(b"x-deepmox-database")
+        if database is not None and database.decode("latin-1") != self.database:
+            raise HttpError(409, "other_database",
+                            "this daemon serves another database than the one the client "
+                            "names (X-Deepmox-Database)")
         key: str | None = None
         raw_key = request.header(b"idempotency-key")
         if raw_key is not None:

@@ -174,9 +174,13 @@ class Supervisor:
     # -- control -----------------------------------------------------------------
 
     def wake(self) -> None:
-        """Start a cycle now (a local submission, a wake-up datagram)."""
-        for lane in self.lanes:
-            lane.wake.set()
+        """Start a cycle now (a local submission, a wake-up datagram): in the
+        lane with the most free slots, which is enough to claim new work."""
+        if self._draining:
+            for lane in self.lanes:
+                lane.wake.set()
+            return
+        max(self.lanes, key=lambda lane: lane.slots - lane.running).wake.set()
 
     def stop(self) -> None:
         """Drain: claim nothing more, give actors ``drain_s``, then release."""
@@ -185,7 +189,8 @@ class Supervisor:
             self.drain_deadline = trio.current_time() + self.cfg.supervisor.drain_s
             log.info("draining: %d actors running", len(self.actors),
                      extra={"event": "draining"})
-            self.wake()
+            for lane in self.lanes:
+                lane.wake.set()
 
     def release_all(self) -> None:
         """The drain time is up: cancel every actor; their jobs go back to pending."""
