@@ -90,6 +90,18 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def _single(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """The one deepmox error inside nested exception groups, or the group."""
+    found = [e for e in _leaves(group) if isinstance(e, DeepmoxError | KeyboardInterrupt)]
+    return found[0] if len(found) == 1 else group
+
+
+def _leaves(exc: BaseException) -> list[BaseException]:
+    if isinstance(exc, BaseExceptionGroup):
+        return [leaf for inner in exc.exceptions for leaf in _leaves(inner)]
+    return [exc]
+
+
 def _print_json(value: Any) -> None:
     sys.stdout.write(_json.encode(value).decode() + "\n")
 
@@ -106,7 +118,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         logs.setup(fmt, cfg.supervisor.node or default_node(),
                    level=logging.INFO if args.command in ("run", "migrate") else logging.WARNING)
         handler = _COMMANDS[args.command]
-        return trio.run(handler, cfg, args)
+        try:
+            return trio.run(handler, cfg, args)
+        except BaseExceptionGroup as group:
+            # a nursery wraps what one of its tasks raised: report that error
+            raise _single(group) from None
     except RefusedError as exc:
         print(f"deepmox: {exc}", file=sys.stderr)
         return EXIT_USAGE

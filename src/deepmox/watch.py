@@ -134,26 +134,51 @@ async def follow(url: str, on_message: Any, *, until_final: bool = False,
         except (OSError, HandshakeError, ConnectionClosed) as exc:
             if view is not None:
                 view.status = f"reconnecting ({type(exc).__name__})"
+            else:
+                print(f"deepmox: feed at {url.split('?')[0]} unavailable "
+                      f"({type(exc).__name__}); reconnecting", file=sys.stderr)
         await trio.sleep(wait)
         wait = min(wait * 2, RECONNECT_MAX_S)
 
 
+def _final_state(m: dict[str, Any], job: str | None) -> str | None:
+    """The terminal state ``m`` reports for ``job``, if it does."""
+    if job is None:
+        return None
+    if m.get("type") == "event" and m.get("job_id") == job and m.get("state") in TERMINAL:
+        return str(m["state"])
+    if m.get("type") == "snapshot":
+        for j in m.get("jobs", []):
+            if j.get("id") == job and j.get("state") in TERMINAL:
+                return str(j["state"])
+    return None
+
+
 async def watch(listen: str, token: str | None, job: str | None, as_json: bool) -> int:
+    """Follow the feed; with ``job``, until that job ends (exit 0 only if it
+    completed)."""
     url = feed_url(listen, token, job)
+    final: list[str] = []
     if as_json:
         def show(m: dict[str, Any]) -> bool:
             sys.stdout.write(msgspec.json.encode(m).decode() + "\n")
             sys.stdout.flush()
-            return False
+            state = _final_state(m, job)
+            if state:
+                final.append(state)
+            return bool(state)
 
-        await follow(url, show)
-        return 0
-    view = View()
-    with Live(view.render(), console=console, refresh_per_second=8) as live:
-        def update(m: dict[str, Any]) -> bool:
-            view.apply(m)
-            live.update(view.render())
-            return False
+        await follow(url, show, until_final=job is not None)
+    else:
+        view = View()
+        with Live(view.render(), console=console, refresh_per_second=8) as live:
+            def update(m: dict[str, Any]) -> bool:
+                view.apply(m)
+                live.update(view.render())
+                state = _final_state(m, job)
+                if state:
+                    final.append(state)
+                return bool(state)
 
-        await follow(url, update, view=view)
-    return 0
+            await follow(url, update, view=view, until_final=job is not None)
+    return 0 if not final or final[0] == "completed" else 1

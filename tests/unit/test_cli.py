@@ -106,3 +106,12 @@ def test_doctor_reports_each_check(cli: Cli) -> None:
     assert "d1 reachable" in out.stdout
     assert "migrations" in out.stdout
     assert out.returncode == 0, out.stdout
+
+
+def test_run_refuses_a_public_port_without_a_token(cli: Cli, tmp_path: Path) -> None:
+    public = tmp_path / "public.toml"
+    public.write_text(cli.cfg.read_text().replace('listen = ""', 'listen = "0.0.0.0:0"'))
+    out = cli("run", config=public)
+    assert out.returncode == 2, out.stderr
+    assert "without a token" in out.stderr
+    assert "$.server.listen" in out.stderr

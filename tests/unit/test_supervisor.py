@@ -130,6 +130,17 @@ async def test_transient_retries_with_backoff_until_exhausted(
             assert 0 <= next_claim - failed_at <= 2.0**n + 1.0
 
 
+async def test_a_step_raising_budget_exceeded_with_a_whole_budget_fails(
+        make_harness: MakeHarness, autojump_clock: MockClock) -> None:
+    # ffmpeg's own CPU limit, say: a fresh actor does not help, so no endless redo
+    async with make_harness() as h:
+        job = await h.submit("fail", {"error_class": "budget_exceeded", "times": 5})
+        async with h.supervisor() as sup:
+            done = await h.wait_state(sup, job.id, *DONE)
+        assert (done.state, done.error_class, done.attempt) == ("failed", "permanent", 1)
+        assert "does not fit" in (done.error_message or "")
+
+
 async def test_transient_recovers(
         make_harness: MakeHarness, autojump_clock: MockClock) -> None:
     async with make_harness() as h:

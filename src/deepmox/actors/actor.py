@@ -215,6 +215,12 @@ class Actor:
     def _on_error(self, exc: JobError, step: str) -> Finish:
         self.checkpoint.failures[step] = self.checkpoint.failures.get(step, 0) + 1
         self.step = None
+        if exc.error_class is ErrorClass.BUDGET_EXCEEDED:
+            # a step's own time limit (ffmpeg's CPU limit, say): redone by a
+            # fresh actor, unless it already had one -- then it never fits
+            return Finish(policy.on_budget_exceeded(
+                step, had_whole_budget=self._step_first, budget_s=self.budget_s,
+                now=self.host.wall()))
         decision = policy.on_error(
             exc, now=self.host.wall(), attempt=self.attempt, max_attempts=self.job.max_attempts,
             deferred_s=self.job.deferred_s, policy=self.host.retry_policy, rng=self.host.rng)
