@@ -22,7 +22,7 @@ import trio
 from rich.live import Live
 
 from .client import JobSpec
-from .config import Config, KindConfig
+from .config import Config, KindConfig, ServerConfig
 from .daemon import Daemon, serve
 from .jobs import TERMINAL_STATES, Job
 from .render import console, job_table, timeline
@@ -56,7 +56,7 @@ async def run_core(cfg: Config) -> int:
     kinds = dict(cfg.kinds)
     kinds.setdefault("sleep", KindConfig(budget_s=2.0))
     sup = msgspec.structs.replace(cfg.supervisor, backoff_base_s=0.5, drain_s=2.0)
-    cfg = msgspec.structs.replace(cfg, kinds=kinds, supervisor=sup)
+    cfg = msgspec.structs.replace(cfg, kinds=kinds, supervisor=sup, server=_any_port(cfg))
     console.print(f"[bold]deepmox demo core[/]: SQLite at {cfg.d1.path}; the sleep kind gets a "
                   f"{cfg.budget_for('sleep'):g} s budget, so its 6 s job needs continuations.")
     async with trio.open_nursery() as nursery:
@@ -71,6 +71,14 @@ async def run_core(cfg: Config) -> int:
             f"{stats.failed} failed, {stats.retried} retries, {stats.continued} continuations.")
         daemon.stop()
     return 0
+
+
+def _any_port(cfg: Config) -> ServerConfig:
+    """The demo's daemon listens on a free loopback port, so that it runs
+    beside a daemon already on the configured one."""
+    if not cfg.server.listen:
+        return cfg.server
+    return msgspec.structs.replace(cfg.server, listen="127.0.0.1:0")
 
 
 def make_clip(path: Path, seconds: int = CLIP_SECONDS) -> None:
@@ -98,12 +106,15 @@ async def run_video(cfg: Config) -> int:
         await trio.to_thread.run_sync(make_clip, clip)
     video = msgspec.structs.replace(
         cfg.video, allowed_dirs=[*cfg.video.allowed_dirs, str(clip.parent)])
-    cfg = msgspec.structs.replace(cfg, video=video)
+    cfg = msgspec.structs.replace(cfg, video=video, server=_any_port(cfg))
     console.print(f"[bold]deepmox demo[/]: SQLite at {cfg.d1.path}, objects under "
                   f"{cfg.r2.path}; video.transcode with a {cfg.budget_for('video.transcode'):g} "
                   "s budget per actor, in budget-sized chunks.")
     async with trio.open_nursery() as nursery:
         daemon = await nursery.start(serve, cfg)
+        if daemon.api_address:
+            console.print(f"status page: http://{daemon.api_address}/  (live while the "
+                          "demo runs)")
         job, _ = await daemon.client.submit(
             JobSpec(kind="video.transcode", payload={"source": clip.as_uri()}))
         (done,) = await _follow(daemon, [job.id])
