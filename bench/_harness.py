@@ -12,6 +12,7 @@ import os
 import platform
 import re
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -156,6 +157,13 @@ class ClientThread:
         assert self._stop is not None
         trio.from_thread.run_sync(self._stop.set, trio_token=self._token)
         self._thread.join()
+
+
+def free_port() -> int:
+    """A loopback port free right now (for a server started just after)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 def percentile(values: list[float], q: float) -> float:

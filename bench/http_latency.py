@@ -10,18 +10,20 @@ from __future__ import annotations
 
 import argparse
 import shutil
-import socket
 import time
 
 import httpx2
 
-from _harness import Daemon, percentile, prepare, record, sqlite_config, workdir, write_config
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from _harness import (
+    Daemon,
+    free_port,
+    percentile,
+    prepare,
+    record,
+    sqlite_config,
+    workdir,
+    write_config,
+)
 
 
 def main() -> None:

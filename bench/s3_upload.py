@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -19,18 +18,12 @@ from pathlib import Path
 
 import trio
 
-from _harness import record, workdir
+from _harness import free_port, record, workdir
 from deepmox import config
 from deepmox.bindings.r2 import open_r2
 
 REGION = "eu-west-1"
 KEYS = {"AWS_ACCESS_KEY_ID": "bench-access", "AWS_SECRET_ACCESS_KEY": "bench-secret"}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def main() -> None:
