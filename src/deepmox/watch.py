@@ -128,9 +128,11 @@ async def follow(url: str, on_message: Any, *, until_final: bool = False,
                     view.status = "live"
                 wait = 0.2
                 while True:
-                    message = msgspec.json.decode(await ws.get_message())
-                    if on_message(message) and until_final:
-                        return
+                    frame = await ws.get_message()
+                    # one or more messages, one JSON object per line
+                    for line in frame.splitlines():
+                        if line and on_message(msgspec.json.decode(line)) and until_final:
+                            return
         except (OSError, HandshakeError, ConnectionClosed) as exc:
             if view is not None:
                 view.status = f"reconnecting ({type(exc).__name__})"

@@ -46,6 +46,23 @@ async def running(cfg: config.Config) -> AsyncIterator[Daemon]:
             daemon.stop()
 
 
+class Feed:
+    """Messages from a feed socket, one at a time (a frame may carry several,
+    one JSON object per line)."""
+
+    def __init__(self, ws: Any) -> None:
+        self.ws = ws
+        self.pending: list[dict[str, Any]] = []
+        self.frames = 0
+
+    async def next(self) -> dict[str, Any]:
+        while not self.pending:
+            frame = await self.ws.get_message()
+            self.frames += 1
+            self.pending = [msgspec.json.decode(line) for line in frame.splitlines() if line]
+        return self.pending.pop(0)
+
+
 async def submit(daemon: Daemon, kind: str, n: int, payload: dict[str, Any] | None = None
                  ) -> list[str]:
     done = await daemon.client.submit_many(
@@ -60,8 +77,9 @@ async def test_snapshot_then_every_event_in_order(tmp_path: Path) -> None:
             while (await daemon.client.get(earlier[0])).state != "completed":
                 await daemon.supervisor.wait_cycle()
         url = f"ws://{daemon.api_address}/v1/feed"
-        async with open_websocket_url(url) as ws:
-            snapshot = msgspec.json.decode(await ws.get_message())
+        async with open_websocket_url(url) as socket:
+            ws = Feed(socket)
+            snapshot = await ws.next()
             assert snapshot["type"] == "snapshot"
             assert earlier[0] in [j["id"] for j in snapshot["jobs"]]
             assert "running" in snapshot["stats"]
@@ -70,7 +88,7 @@ async def test_snapshot_then_every_event_in_order(tmp_path: Path) -> None:
             last_id = 0
             with trio.fail_after(20):
                 while not all(v and v[-1] == "completed" for v in seen.values()):
-                    m = msgspec.json.decode(await ws.get_message())
+                    m = await ws.next()
                     if m["type"] != "event":
                         continue
                     assert m["id"] > last_id, "events arrive in order"
@@ -92,11 +110,12 @@ async def test_a_client_that_stops_reading_is_dropped(tmp_path: Path) -> None:
         async with open_websocket_url(url) as reader, \
                 open_websocket_url(url, message_queue_size=0) as stalled, \
                 trio.open_nursery() as nursery:
-            assert msgspec.json.decode(await reader.get_message())["type"] == "snapshot"
+            feed = Feed(reader)
+            assert (await feed.next())["type"] == "snapshot"
 
             async def read() -> None:
                 while True:
-                    m = msgspec.json.decode(await reader.get_message())
+                    m = await feed.next()
                     if m["type"] == "event" and m["event"] == "completed":
                         completed.add(m["job_id"])
 
@@ -128,14 +147,15 @@ async def test_events_of_another_daemon_arrive(tmp_path: Path) -> None:
     # a runs one actor, b twenty: most jobs are b's, and a's feed shows them
     async with running(make_config(tmp_path, "a", max_actors=1)) as a:
         url = f"ws://{a.api_address}/v1/feed"
-        async with open_websocket_url(url) as ws:
-            await ws.get_message()  # the snapshot
+        async with open_websocket_url(url) as socket:
+            ws = Feed(socket)
+            await ws.next()  # the snapshot
             async with running(make_config(tmp_path, "b", listen="", max_actors=20)) as b:
                 ids = set(await submit(b, "sleep", 20, {"seconds": 0.2}))
                 nodes = set()
                 with trio.fail_after(30):
                     while ids:
-                        m = msgspec.json.decode(await ws.get_message())
+                        m = await ws.next()
                         if m.get("event") == "completed" and m["job_id"] in ids:
                             ids.discard(m["job_id"])
                             nodes.add(m["node"])

@@ -6,6 +6,11 @@ rides in the cycle's own batch, so the REST backend spends no extra request)
 and hand the rows to :meth:`FeedHub.publish_events`; a ticker publishes the
 progress of this daemon's running actors and, every few seconds, statistics.
 
+Frames: a websocket frame carries one or more messages, one JSON object per
+line: a client that keeps up gets one frame per message, one that lags gets
+what piled up in a single frame (at most ``FRAME_MESSAGES``), so fanning out
+to many clients costs one send per client per burst, not per event.
+
 Backpressure: each client has a bounded queue. Publishing never waits: a
 client whose queue is full is dropped -- closed with code 1013 ("try again
 later") -- and the supervisor goes on at full pace. Tailing runs only while
@@ -15,6 +20,7 @@ at least one client is connected.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -29,6 +35,8 @@ CLIENT_QUEUE = 10_000
 STATS_EVERY_S = 2.0
 PROGRESS_EVERY_S = 0.5
 CLOSE_TRY_AGAIN = 1013
+#: messages joined into one frame at most
+FRAME_MESSAGES = 500
 
 _encode = msgspec.json.Encoder().encode
 
@@ -39,9 +47,12 @@ EVENT_FIELDS = ("id", "job_id", "kind", "event", "ts", "attempt", "state", "prog
 @dataclass(eq=False)
 class FeedClient:
     job: str | None
-    send: trio.MemorySendChannel[bytes]
-    receive: trio.MemoryReceiveChannel[bytes]
+    #: queued frames: one or more messages, one JSON object per line
+    send: trio.MemorySendChannel[tuple[bytes, int]]
+    receive: trio.MemoryReceiveChannel[tuple[bytes, int]]
     dropped: trio.Event = field(default_factory=trio.Event)
+    #: messages queued and not yet sent
+    backlog: int = 0
 
 
 class FeedHub:
@@ -57,7 +68,8 @@ class FeedHub:
         return bool(self.clients)
 
     def connect(self, job: str | None = None) -> FeedClient:
-        send, receive = trio.open_memory_channel[bytes](CLIENT_QUEUE)
+        # bounded by the backlog count (messages), not by the channel
+        send, receive = trio.open_memory_channel[tuple[bytes, int]](math.inf)
         client = FeedClient(job, send, receive)
         self.clients.add(client)
         self.connected_total += 1
@@ -69,16 +81,18 @@ class FeedHub:
         if not self.clients:
             self.cursor = None
 
-    def _deliver(self, client: FeedClient, data: bytes) -> None:
+    def _deliver(self, client: FeedClient, data: bytes, count: int = 1) -> None:
         if client.dropped.is_set():
             return
-        try:
-            client.send.send_nowait(data)
-        except trio.WouldBlock:
+        if client.backlog + count > CLIENT_QUEUE:
             client.dropped.set()
             self.dropped_total += 1
             log.warning("feed client fell behind by %d messages: dropped", CLIENT_QUEUE,
                         extra={"event": "feed_client_dropped"})
+            return
+        try:
+            client.send.send_nowait((data, count))
+            client.backlog += count
         except (trio.ClosedResourceError, trio.BrokenResourceError):
             pass
 
@@ -92,12 +106,24 @@ class FeedHub:
                 self._deliver(client, data)
 
     def publish_events(self, rows: Iterable[Sequence[Any]]) -> None:
-        """Rows of the ``tail_events`` query, in order."""
+        """Rows of the ``tail_events`` query, in order: encoded once, and
+        delivered to each client as one frame."""
+        lines: list[tuple[str, bytes]] = []
         for row in rows:
             message = dict(zip(EVENT_FIELDS, row, strict=True))
             message["type"] = "event"
             self.cursor = max(self.cursor or 0, int(message["id"]))
-            self.publish(message, job=message["job_id"])
+            lines.append((message["job_id"], _encode(message)))
+        if not lines or not self.clients:
+            return
+        everything = b"\n".join(data for _, data in lines)
+        for client in list(self.clients):
+            if client.job is None:
+                self._deliver(client, everything, len(lines))
+            else:
+                mine = [data for job, data in lines if job == client.job]
+                if mine:
+                    self._deliver(client, b"\n".join(mine), len(mine))
 
     def send_to(self, client: FeedClient, message: dict[str, Any]) -> None:
         self._deliver(client, _encode(message))
@@ -132,8 +158,17 @@ async def serve_client(hub: FeedHub, client: FeedClient, snapshot: dict[str, Any
                 nursery.cancel_scope.cancel()
 
             nursery.start_soon(watch_drop)
-            async for data in client.receive:
-                await send_text(data)
+            async for data, count in client.receive:
+                frame, sent = [data], count
+                while sent < FRAME_MESSAGES:
+                    try:
+                        more, n = client.receive.receive_nowait()
+                    except (trio.WouldBlock, trio.EndOfChannel):
+                        break
+                    frame.append(more)
+                    sent += n
+                await send_text(b"\n".join(frame))
+                client.backlog -= sent
             nursery.cancel_scope.cancel()
         if client.dropped.is_set():
             with trio.move_on_after(1):
