@@ -7,12 +7,19 @@ from pathlib import Path
 
 import pytest
 import trio
+from hypothesis import HealthCheck, settings
 
 from deepmox.bindings.d1 import SqliteD1
 from deepmox.bindings.d1.http import HttpD1
 from tests.fakes.d1_server import D1Fake, serve_d1
 
 TOKEN = "test-token-not-a-secret"
+
+# Examples that touch real files and sockets take what a shared machine gives
+# them: no per-example deadline (a slow example is not a failing one).
+settings.register_profile("deepmox", deadline=None,
+                          suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile("deepmox")
 
 
 @pytest.fixture
