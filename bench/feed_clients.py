@@ -47,7 +47,8 @@ class Follower:
 async def follow(url: str, me: Follower, ready: trio.Semaphore,
                  stop: trio.Event) -> None:
     try:
-        async with open_websocket_url(url, message_queue_size=64) as ws:
+        async with open_websocket_url(url, message_queue_size=64, receive_buffer_size=1 << 20,
+                                      max_message_size=16 << 20) as ws:
             await ws.get_message()  # the snapshot
             ready.release()
             while not stop.is_set():
