@@ -148,16 +148,19 @@ class Lane:
         free, claims = self._free_slots()
         token = secrets.token_hex(8)
         tail_after = sup.take_tail()
+        housekeeping = sup.take_housekeeping()
         cycle = pull.build(
             now=now, node=sup.node, acks=[q.ack for q in queued], lost=lost,
             throttles=throttles, claims=claims, free=free, token=token,
             leases=sup.leases, default_lease_s=sup.default_lease_s, adopt_tokens=adopt,
-            resent=self.resent, tail_after=tail_after)
+            resent=self.resent, tail_after=tail_after, housekeeping=housekeeping)
         try:
             results = await sup.d1.batch(cycle.statements)
         except BaseException:
             if tail_after is not None:
                 sup.tail_done(None)
+            if housekeeping:
+                sup.housekeeping_failed()
             # Nothing is known to have happened: everything goes again next
             # time. A claim may have committed even so; adopt its rows then.
             self.queue.extendleft(reversed(queued))
@@ -175,7 +178,7 @@ class Lane:
             for q in queued:
                 sup.acknowledged(q, q.ack.id in took)
         reaped = results[cycle.reap].changes if cycle.reap is not None else 0
-        throttle_rows = results[cycle.throttles].rows
+        throttle_rows = results[cycle.throttles].rows if cycle.throttles is not None else None
         claimed = pull.claimed_rows(cycle, results)
         for job in claimed:
             sup.spawn(job, self)

@@ -72,7 +72,7 @@ class Cycle:
     claims: list[int] = field(default_factory=list)
     adopt: int | None = None
     tail: int | None = None
-    throttles: int = -1
+    throttles: int | None = None
 
     def add(self, sql: str, *params: object) -> int:
         self.statements.append(Statement(sql, params))
@@ -83,10 +83,12 @@ def build(*, now: float, node: str, acks: Sequence[Ack], lost: Sequence[dict[str
           throttles: Sequence[dict[str, object]], claims: Sequence[ClaimSpec], free: int,
           token: str, leases: dict[str, float], default_lease_s: float,
           adopt_tokens: Sequence[str], resent: bool = False,
-          tail_after: int | None = None) -> Cycle:
+          tail_after: int | None = None, housekeeping: bool = True) -> Cycle:
     """``resent``: some acks went out before in a request whose answer was
     lost; then which took effect is asked of ``last_ack``, not of this
-    request's ``RETURNING``."""
+    request's ``RETURNING``. ``housekeeping``: reap expired leases and read
+    the throttles in this cycle (a few times a second is enough; a cycle
+    without them is leaner, which is what a single submission waits on)."""
     c = Cycle()
     if lost:
         c.add(Q["lease_lost_events"], now, node, dumps(list(lost)))
@@ -106,9 +108,10 @@ def build(*, now: float, node: str, acks: Sequence[Ack], lost: Sequence[dict[str
             c.acks.append(c.add(Q["ack"], payload))
         if resent:
             c.ack_check = c.add(Q["ack_check"], _encode(list(acks)).decode())
-    c.add(Q["reap_failed_events"], now, node, now)
-    c.add(Q["reap_events"], now, node, now)
-    c.reap = c.add(Q["reap"], now, now, now, now)
+    if housekeeping:
+        c.add(Q["reap_failed_events"], now, node, now)
+        c.add(Q["reap_events"], now, node, now)
+        c.reap = c.add(Q["reap"], now, now, now, now)
     if free > 0 and claims:
         leases_json = dumps(leases)
         for spec in claims:
@@ -118,7 +121,8 @@ def build(*, now: float, node: str, acks: Sequence[Ack], lost: Sequence[dict[str
         c.add(Q["claimed_events"], now, token)
     if adopt_tokens:
         c.adopt = c.add(Q["adopt"], dumps(list(adopt_tokens)))
-    c.throttles = c.add(Q["throttles_active"], now)
+    if housekeeping:
+        c.throttles = c.add(Q["throttles_active"], now)
     if tail_after is not None:
         c.tail = c.add(Q["tail_events"], tail_after, TAIL_LIMIT)
     return c

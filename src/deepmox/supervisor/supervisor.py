@@ -46,6 +46,8 @@ log = logging.getLogger("deepmox.supervisor")
 
 STEP_BUCKETS_S = (0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
 RATIO_BUCKETS = (0.1, 0.25, 0.5, 0.75, 0.9, 1.0)
+#: how often pull cycles reap expired leases and re-read the shared throttles
+HOUSEKEEPING_S = 0.25
 
 #: which statistics counter an outcome's event adds to
 _COUNTERS = {
@@ -92,6 +94,7 @@ class Supervisor:
         self.budget_use = Histograms(RATIO_BUCKETS)
         self.feed: FeedHub | None = None
         self._tail_busy = False
+        self._next_housekeeping = 0.0
         s = cfg.supervisor
         self.retry_policy = policy.RetryPolicy(s.backoff_base_s, s.backoff_max_s,
                                                s.max_deferral_s)
@@ -276,13 +279,27 @@ class Supervisor:
         self._lost[:0] = lost
         self._new_throttles[:0] = throttles
 
-    def cycle_finished(self, now: float, reaped: int, throttle_rows: list[list[Any]]) -> None:
+    def take_housekeeping(self) -> bool:
+        """Whether this cycle reaps and reads the throttles: at most every
+        ``HOUSEKEEPING_S`` across the lanes."""
+        now = trio.current_time()
+        if now < self._next_housekeeping:
+            return False
+        self._next_housekeeping = now + HOUSEKEEPING_S
+        return True
+
+    def housekeeping_failed(self) -> None:
+        self._next_housekeeping = 0.0
+
+    def cycle_finished(self, now: float, reaped: int,
+                       throttle_rows: list[list[Any]] | None) -> None:
         self.counts["cycles"] += 1
         self.counts["reaped"] += reaped
         self._last_cycle_at = trio.current_time()
-        self._throttles = {
-            row[0]: float(row[1]) for row in throttle_rows
-        } | {k: v for k, v in self._throttles.items() if v > now}
+        if throttle_rows is not None:
+            self._throttles = {
+                row[0]: float(row[1]) for row in throttle_rows
+            } | {k: v for k, v in self._throttles.items() if v > now}
         self._cycle_done.set()
         self._cycle_done = trio.Event()
 
