@@ -8,7 +8,7 @@ never on the wall clock.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -178,12 +178,3 @@ async def test_metrics_and_the_status_page(tmp_path: Path) -> None:
             assert "/v1/feed" in page.text
             health = await http.get("/healthz")
             assert health.json() == {"ok": True}
-
-
-def chromium_path() -> str | None:
-    import shutil
-
-    return shutil.which("chromium")
-
-
-Expect = Callable[[str], Any]
