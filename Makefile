@@ -25,8 +25,12 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python bench/throughput.py
 	$(BIN)/python bench/latency.py
+	$(BIN)/python bench/http_latency.py
 	$(BIN)/python bench/d1_requests.py
 	$(BIN)/python bench/idle.py
+	$(BIN)/python bench/feed_clients.py
+	$(BIN)/python bench/transcode.py
+	$(BIN)/python bench/s3_upload.py
 
 clean:
 	rm -rf $(VENV) var
