@@ -23,6 +23,8 @@ from deepmox import config
 from deepmox.api import feed as feed_module
 from deepmox.client import JobSpec
 from deepmox.daemon import Daemon, serve
+from tests.conftest import TOKEN
+from tests.fakes.d1_server import D1Fake
 
 pytestmark = pytest.mark.slow
 
@@ -160,6 +162,30 @@ async def test_events_of_another_daemon_arrive(tmp_path: Path) -> None:
                             ids.discard(m["job_id"])
                             nodes.add(m["node"])
                 assert "b" in nodes
+
+
+async def test_metrics_on_the_rest_backend(tmp_path: Path, d1_fake: D1Fake,
+                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    # Regression: /metrics collected its figures in a worker thread, where the
+    # D1 REST budget's trio.current_time() raises "must be called from async
+    # context": every scrape of a REST-backed daemon was a 500.
+    monkeypatch.setenv("CLOUDFLARE_API_TOKEN", TOKEN)
+    cfg = config.decode(
+        f'[d1]\nbackend = "http"\napi_base = "{d1_fake.api_base}"\n'
+        f'account_id = "{d1_fake.account_id}"\ndatabase_id = "{d1_fake.database_id}"\n'
+        f'[r2]\npath = "{tmp_path / "r2"}"\n[server]\nlisten = "127.0.0.1:0"\n'
+        '[supervisor]\nnode = "rest"\npoll_max_s = 0.1\n')
+    async with running(cfg) as daemon:
+        (job_id,) = await submit(daemon, "noop", 1)
+        with trio.fail_after(10):
+            while (await daemon.client.get(job_id)).state != "completed":
+                await daemon.supervisor.wait_cycle()
+        async with httpx2.AsyncClient(base_url=f"http://{daemon.api_address}") as http:
+            for _ in range(3):
+                metrics = await http.get("/metrics")
+                assert metrics.status_code == 200, metrics.text
+        assert "deepmox_d1_budget_remaining " in metrics.text
+        assert 'deepmox_jobs_completed_total{kind="noop"} 1.0' in metrics.text
 
 
 async def test_metrics_and_the_status_page(tmp_path: Path) -> None:

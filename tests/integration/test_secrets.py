@@ -57,21 +57,31 @@ async def test_no_secret_in_logs_events_or_responses(cluster: Cluster, tmp_path:
             bodies.append((await http.post("/v1/jobs", json={"kind": "noop"},
                                            headers=headers)).text)
             bodies.append((await http.get(f"/v1/jobs?token={API_TOKEN}", headers=headers)).text)
-        # D1 fails a few pull cycles (its errors get logged), then recovers
-        for fault in ("network_lost", "http429", "drop"):
-            r = await http.post(f"{cluster.origin}/__control/faults",
-                                json={"fault": fault, "count": 1})
-            assert r.status_code < 300, r.text
         await wait_until(lambda: cluster.counts().get("pending", 0) == 0
                          and cluster.counts().get("in_progress", 0) == 0, 30,
                          what="every job to finish", explain=cluster.describe)
+        # D1 fails a few pull cycles (its errors get logged), then recovers.
+        # A fault goes to whichever request reaches the fake first, so nothing
+        # but the daemon's pull loop may talk to D1 until every fault has hit
+        # a cycle: the wait reads the log, and the API is asked only after.
+        faults = ("network_lost", "http429", "drop")
+        for fault in faults:
+            r = await http.post(f"{cluster.origin}/__control/faults",
+                                json={"fault": fault, "count": 1})
+            assert r.status_code < 300, r.text
+        await wait_until(lambda: len(daemon.proc.logged("cycle_failed")) >= len(faults), 30,
+                         what="a failed pull cycle per fault", explain=cluster.describe)
         for path in ("/v1/jobs", "/metrics", "/healthz"):
-            bodies.append((await http.get(path, headers=write)).text)
+            response = await http.get(path, headers=write)
+            assert response.status_code == 200, (path, response.text)
+            bodies.append(response.text)
     logs = "\n".join(daemon.proc.lines())
     stored = "\n".join(str(row) for row in query(cluster.db, "SELECT * FROM job_events"))
     stored += "\n".join(str(row) for row in query(cluster.db, "SELECT * FROM jobs"))
     assert "failed" in stored, "the run must have produced failures to look at"
     assert "cycle_failed" in logs, "D1 errors must have been logged"
+    assert not daemon.proc.logged("api_error"), "no request may be a server fault"
+    assert "Traceback" not in logs
     for secret in SECRETS:
         assert secret not in logs
         assert secret not in stored

@@ -125,9 +125,32 @@ def registry_for(collector: DaemonCollector) -> CollectorRegistry:
     return registry
 
 
+class _Collected:
+    """Metric families collected earlier, served as they were."""
+
+    def __init__(self, families: list[Metric]) -> None:
+        self.families = families
+
+    def collect(self) -> Iterator[Metric]:
+        return iter(self.families)
+
+
+def collect_now(collector: DaemonCollector) -> CollectorRegistry:
+    """A registry holding what ``collector`` shows now, to render anywhere.
+
+    Call it on the event loop: collecting reads objects only the loop may
+    touch -- the supervisor's dictionaries, which actors change as it reads,
+    and the D1 REST budget, which asks trio for the time and raises
+    ``RuntimeError`` in a worker thread. Rendering the text is the slow part,
+    and only that belongs in a thread."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_Collected(list(collector.collect())))
+    return registry
+
+
 def render(registry: CollectorRegistry) -> bytes:
     """The text exposition format (``text/plain; version=0.0.4``)."""
     return generate_latest(registry)
 
 
-__all__ = ["DaemonCollector", "registry_for", "render"]
+__all__ = ["DaemonCollector", "collect_now", "registry_for", "render"]

@@ -18,7 +18,7 @@ from ..jobs import JobState, job_from_row
 from .app import Request, Response, Route
 from .auth import Access
 from .feed import FeedHub, asgi_feed
-from .metrics import DaemonCollector, registry_for, render
+from .metrics import DaemonCollector, collect_now, render
 
 if TYPE_CHECKING:
     from ..supervisor import Supervisor
@@ -102,12 +102,12 @@ def progress_messages(supervisor: Supervisor) -> list[dict[str, Any]]:
 
 def daemon_routes(supervisor: Supervisor, hub: FeedHub, view: FleetView,
                   collector: DaemonCollector) -> list[Route]:
-    registry = registry_for(collector)
     page = (resources.files("deepmox.api") / "static" / "index.html").read_bytes()
 
     async def metrics(request: Request) -> Response:
         view.want()
-        body = await trio.to_thread.run_sync(render, registry)
+        # collected here, on the loop; only the text is rendered in a thread
+        body = await trio.to_thread.run_sync(render, collect_now(collector))
         return Response(200, body, ((b"content-type", METRICS_TYPE),))
 
     async def status_page(request: Request) -> Response:
