@@ -13,9 +13,11 @@ Defaults are named constants carrying their unit.
 
 from __future__ import annotations
 
+import math
 import os
+import re
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import msgspec
 
@@ -53,6 +55,22 @@ BACKOFF_MAX_S = 300.0
 MAX_DEFERRAL_S = 3600.0
 MAX_PAYLOAD_BYTES = 256 * 1024
 SERVER_LISTEN = "127.0.0.1:8787"
+
+#: the largest whole number any setting may hold: what a JSON number (D1's
+#: REST API is JavaScript) carries exactly, and far above every real limit
+MAX_INT = 2**53 - 1
+#: the longest any duration setting (``*_s``) may be, in seconds: a year
+MAX_SECONDS = 365 * 86400.0
+#: upper bounds where a larger value would only exhaust the machine
+MAX_ACTORS_LIMIT = 10_000
+MAX_ATTEMPTS_LIMIT = 1_000
+MAX_THUMBNAILS = 20
+MAX_RENDITIONS = 8
+#: what a rendition may be, in a job's payload and in ``[[video.renditions]]``
+RENDITION_NAME = r"^[a-z0-9][a-z0-9_-]{0,19}$"
+RENDITION_HEIGHT = (16, 4320)
+RENDITION_VIDEO_KBPS = (50, 100_000)
+RENDITION_AUDIO_KBPS = (16, 512)
 
 
 class _Section(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -197,8 +215,84 @@ class Config(_Section, frozen=True):
         return k.max_attempts if k and k.max_attempts is not None else self.supervisor.max_attempts
 
 
+_BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def key_path(*keys: str | int) -> str:
+    """``$.a.b[0]."c.d"``: the path of a key as ConfigErrors name it; a key
+    that is not a bare TOML key is quoted, as the file must write it."""
+    out = "$"
+    for key in keys:
+        if isinstance(key, int):
+            out += f"[{key}]"
+        elif _BARE_KEY.fullmatch(key):
+            out += f".{key}"
+        else:
+            out += "." + msgspec.json.encode(key).decode()
+    return out
+
+
+def _leaves(value: Any, keys: tuple[str | int, ...] = ()
+            ) -> list[tuple[tuple[str | int, ...], Any]]:
+    """Every scalar setting in ``value`` with its keys."""
+    if isinstance(value, msgspec.Struct):
+        return [leaf for name in value.__struct_fields__
+                for leaf in _leaves(getattr(value, name), (*keys, name))]
+    if isinstance(value, dict):
+        return [leaf for k, v in value.items() for leaf in _leaves(v, (*keys, k))]
+    if isinstance(value, list):
+        return [leaf for i, v in enumerate(value) for leaf in _leaves(v, (*keys, i))]
+    return [(keys, value)]
+
+
+def _check_leaves(cfg: Config) -> None:
+    """What holds for every setting: numbers are finite, not negative, and
+    within :data:`MAX_INT` (durations within :data:`MAX_SECONDS`); strings
+    hold no control characters (a NUL in a path fails deep inside the OS)."""
+    for keys, value in _leaves(cfg):
+        at = f" - at `{key_path(*keys)}`"
+        if isinstance(value, bool) or value is None:
+            continue
+        if isinstance(value, str):
+            if _CONTROL.search(value):
+                raise ConfigError(f"must not hold control characters{at}")
+        elif isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"Expected a finite number{at}")
+        elif value < 0:
+            raise ConfigError(f"Expected a number >= 0{at}")
+        elif isinstance(value, int) and value > MAX_INT:
+            raise ConfigError(f"Expected a number <= {MAX_INT}{at}")
+        elif str(keys[-1]).endswith("_s") and value > MAX_SECONDS:
+            raise ConfigError(f"Expected at most a year ({MAX_SECONDS:,.0f} s){at}")
+
+
+def _check_renditions(renditions: list[RenditionConfig]) -> None:
+    if not 1 <= len(renditions) <= MAX_RENDITIONS:
+        raise ConfigError(f"Expected 1 to {MAX_RENDITIONS} renditions - at "
+                          "`$.video.renditions`")
+    names: set[str] = set()
+    for i, r in enumerate(renditions):
+        at = f" - at `{key_path('video', 'renditions', i)}`"
+        if not re.fullmatch(RENDITION_NAME, r.name):
+            raise ConfigError(f"name must be 1 to 20 of a-z, 0-9, '_', '-' (starting with a "
+                              f"letter or digit), not {r.name!r}{at}")
+        if r.name in names:
+            raise ConfigError(f"rendition name {r.name!r} is repeated{at}")
+        names.add(r.name)
+        for key, value, (low, high) in (("height", r.height, RENDITION_HEIGHT),
+                                        ("video_bitrate_k", r.video_bitrate_k,
+                                         RENDITION_VIDEO_KBPS),
+                                        ("audio_bitrate_k", r.audio_bitrate_k,
+                                         RENDITION_AUDIO_KBPS)):
+            if not low <= value <= high:
+                raise ConfigError(f"Expected {low}..{high} - at "
+                                  f"`{key_path('video', 'renditions', i, key)}`")
+
+
 def _check(cfg: Config) -> Config:
     """Checks that types alone cannot express; each names its key."""
+    _check_leaves(cfg)
     s = cfg.supervisor
     positive = {
         "supervisor.budget_s": s.budget_s,
@@ -218,26 +312,35 @@ def _check(cfg: Config) -> Config:
         "limits.scratch_bytes": cfg.limits.scratch_bytes,
         "limits.memory_bytes": cfg.limits.memory_bytes,
         "limits.cpu_s": cfg.limits.cpu_s,
+        "server.max_body_bytes": cfg.server.max_body_bytes,
     }
     if cfg.r2.multipart_threshold_bytes < 5 * 1024 * 1024:
         raise ConfigError("must be at least 5 MiB (5242880) - at "
                           "`$.r2.multipart_threshold_bytes`")
     if cfg.r2.backend == "s3" and not cfg.r2.bucket:
         raise ConfigError('backend = "s3" needs a value - at `$.r2.bucket`')
-    if cfg.video.thumbnails < 0:
-        raise ConfigError("Expected a number >= 0 - at `$.video.thumbnails`")
-    for i, r in enumerate(cfg.video.renditions):
-        if not (16 <= r.height <= 4320) or r.video_bitrate_k <= 0 or r.audio_bitrate_k <= 0:
-            raise ConfigError(f"height must be 16..4320 and bitrates > 0 - at "
-                              f"`$.video.renditions[{i}]`")
+    if cfg.video.thumbnails > MAX_THUMBNAILS:
+        raise ConfigError(f"Expected a number <= {MAX_THUMBNAILS} - at `$.video.thumbnails`")
+    _check_renditions(cfg.video.renditions)
+    at_most = {"supervisor.max_actors": (s.max_actors, MAX_ACTORS_LIMIT),
+               "supervisor.max_attempts": (s.max_attempts, MAX_ATTEMPTS_LIMIT)}
     for name, kind in cfg.kinds.items():
+        where = key_path("kinds", name)[2:]
         for key in ("budget_s", "max_actors", "max_attempts"):
             value = getattr(kind, key)
             if value is not None:
-                positive[f"kinds.{name}.{key}"] = value
+                positive[f"{where}.{key}"] = value
+        for key, limit in (("max_actors", MAX_ACTORS_LIMIT),
+                           ("max_attempts", MAX_ATTEMPTS_LIMIT)):
+            value = getattr(kind, key)
+            if value is not None:
+                at_most[f"{where}.{key}"] = (value, limit)
     for key, value in positive.items():
         if not value > 0:
             raise ConfigError(f"Expected a number > 0 - at `$.{key}`")
+    for key, (value, limit) in at_most.items():
+        if value > limit:
+            raise ConfigError(f"Expected a number <= {limit} - at `$.{key}`")
     for key, value in {
         "supervisor.lease_grace_s": s.lease_grace_s,
         "supervisor.drain_s": s.drain_s,
@@ -251,7 +354,41 @@ def _check(cfg: Config) -> Config:
         for key in ("account_id", "database_id"):
             if not getattr(cfg.d1, key):
                 raise ConfigError(f'backend = "http" needs a value - at `$.d1.{key}`')
+    for key, url in (("d1.api_base", cfg.d1.api_base), ("r2.endpoint_url", cfg.r2.endpoint_url)):
+        if url and not url.startswith(("http://", "https://")):
+            raise ConfigError(f"Expected an http:// or https:// URL - at `$.{key}`")
     return cfg
+
+
+_AT = re.compile(r"^(?P<what>.*?)(?: - at `\$(?P<at>[^`]*)`)?$", re.DOTALL)
+_UNKNOWN = re.compile(r"Object contains unknown field `(?P<key>.*)`", re.DOTALL)
+
+
+def _located(exc: msgspec.ValidationError, raw: Any) -> str:
+    """msgspec's message, with the path completed: an unknown key is named
+    in it (``$.supervisor.budget_sec``, not ``$.supervisor``), and a key of
+    ``[kinds.<name>]`` gets its kind's name instead of ``[...]``."""
+    what, at = _split(str(exc))
+    if at.startswith(".kinds[...]") and isinstance(raw, dict):
+        kinds = raw.get("kinds")
+        for name, value in (kinds.items() if isinstance(kinds, dict) else ()):
+            try:
+                msgspec.convert(value, KindConfig)
+            except msgspec.ValidationError as inner:
+                what, rest = _split(str(inner))
+                at = key_path("kinds", name)[1:] + rest
+                break
+    unknown = _UNKNOWN.fullmatch(what)
+    if unknown is not None:
+        what, at = "unknown key", at + key_path(unknown["key"])[1:]
+    return f"{what} - at `${at}`"
+
+
+def _split(message: str) -> tuple[str, str]:
+    """A msgspec message as (what, path after the ``$``)."""
+    m = _AT.fullmatch(message)
+    assert m is not None  # the pattern matches any text
+    return m["what"], m["at"] or ""
 
 
 def database_identity(cfg: D1Config) -> str:
@@ -269,11 +406,16 @@ def database_identity(cfg: D1Config) -> str:
 def decode(text: str | bytes, *, source: str = "<config>") -> Config:
     """Decode TOML text into a :class:`Config`, or raise :class:`ConfigError`."""
     try:
-        cfg = msgspec.toml.decode(text, type=Config)
-    except msgspec.ValidationError as exc:
-        raise ConfigError(f"{source}: {exc}") from None
+        raw = msgspec.toml.decode(text)
     except msgspec.DecodeError as exc:
         raise ConfigError(f"{source}: not valid TOML: {exc}") from None
+    except (UnicodeDecodeError, UnicodeEncodeError) as exc:
+        raise ConfigError(f"{source}: not valid TOML: not UTF-8 text ({exc.reason} at "
+                          f"position {exc.start})") from None
+    try:
+        cfg = msgspec.convert(raw, Config)
+    except msgspec.ValidationError as exc:
+        raise ConfigError(f"{source}: {_located(exc, raw)}") from None
     try:
         return _check(cfg)
     except ConfigError as exc:

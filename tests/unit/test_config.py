@@ -43,18 +43,22 @@ def test_example_file_decodes_to_the_defaults() -> None:
     ("text", "path"),
     [
         ('[d1]\nbackend = "postgres"', "$.d1.backend"),
-        ("[supervisor]\nbudget = 3", "$.supervisor"),
+        ("[supervisor]\nbudget = 3", "unknown key - at `$.supervisor.budget`"),
         ("[supervisor]\nbudget_s = -1", "$.supervisor.budget_s"),
         ('[supervisor]\nmax_actors = "many"', "$.supervisor.max_actors"),
         ("[kinds.noop]\nmax_actors = 0", "$.kinds.noop.max_actors"),
-        ("[unknown]\nx = 1", "unknown field `unknown`"),
+        ("[unknown]\nx = 1", "unknown key - at `$.unknown`"),
+        ("[kinds.noop]\nbudget = 3", "unknown key - at `$.kinds.noop.budget`"),
+        ('[kinds."video.transcode"]\nbudget_s = "x"', '$.kinds."video.transcode".budget_s'),
+        ("[kinds.video.transcode]\nbudget_s = 1", "unknown key - at `$.kinds.video.transcode`"),
         ('[d1]\nbackend = "http"', "$.d1.account_id"),
         ("[supervisor]\npoll_min_s = 5\npoll_max_s = 1", "$.supervisor.poll_min_s"),
     ],
 )
 def test_bad_config_names_the_key(text: str, path: str) -> None:
-    with pytest.raises(ConfigError, match=path.replace("$", r"\$").replace(".", r"\.")):
+    with pytest.raises(ConfigError) as info:
         config.decode(text, source="x.toml")
+    assert path in str(info.value)
 
 
 def test_bad_toml_is_a_config_error() -> None:

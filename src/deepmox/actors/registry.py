@@ -45,13 +45,15 @@ class Registry:
                 raise ConfigError(f"entry point {ep.name} = {ep.value} failed: {exc}") from exc
             instance = obj() if isinstance(obj, type) else obj
             kinds[instance.name] = instance
-        for module in modules or []:
+        for i, module in enumerate(modules or []):
             try:
                 importlib.import_module(module)
-            except ImportError as exc:
+            except Exception as exc:
+                # whatever the name or the module's own code raised ("" and
+                # ".x" are ValueError and TypeError, a broken module anything)
                 raise ConfigError(
-                    f"cannot import kind module {module!r}: {exc} - at "
-                    "`$.supervisor.kind_modules`") from exc
+                    f"cannot import kind module {module!r}: {type(exc).__name__}: {exc} - at "
+                    f"`$.supervisor.kind_modules[{i}]`") from exc
         kinds.update(_extra)
         return cls(kinds)
 
