@@ -95,6 +95,28 @@ class Claimed(msgspec.Struct, frozen=True):
     checkpoint: str | None
     progress: float
     deferred_s: float
+    #: why the row cannot be run, when it was written with columns of the
+    #: wrong types: its actor fails it as permanent at once
+    broken: str | None = None
+
+
+_CLAIMED_FIELDS = Claimed.__struct_fields__[:-1]
+
+
+def claimed_from_row(row: list[Any]) -> Claimed:
+    """A claimed row as an actor starts from it. A row written broken (text
+    in a number's column, a float attempt) cannot crash the supervisor: it
+    comes back with its numbers neutral and :attr:`Claimed.broken` saying
+    what is wrong; the id, kind and lease are the claim's own, always sound."""
+    try:
+        return msgspec.convert(dict(zip(_CLAIMED_FIELDS, row, strict=True)), Claimed)
+    except msgspec.ValidationError as exc:
+        job_id, kind, _, attempt, _, token, lease_until, *_ = row
+        return Claimed(id=str(job_id), kind=str(kind), payload="null",
+                       attempt=attempt if type(attempt) is int else 1, max_attempts=1,
+                       lease_token=str(token), lease_until=float(lease_until), checkpoint=None,
+                       progress=0.0, deferred_s=0.0,
+                       broken=f"the job's row holds a value of the wrong type: {exc}")
 
 
 # -- ids ------------------------------------------------------------------------
@@ -145,7 +167,7 @@ def _loads_or_raw(text: Any) -> Any:
         return text
     try:
         return _JSON_DECODER.decode(text)
-    except msgspec.DecodeError:
+    except (msgspec.DecodeError, RecursionError):
         return text
 
 
@@ -153,6 +175,44 @@ def job_from_row(row: dict[str, Any]) -> Job:
     data = dict(row)
     data["payload"] = _loads_or_raw(data["payload"])
     data["result"] = _loads_or_raw(data["result"])
+    try:
+        return msgspec.convert(data, Job)
+    except msgspec.ValidationError:
+        return _readable(data)
+
+
+#: what a column that cannot be read shows instead, by the Job field's type
+_NEUTRAL: dict[str, Any] = {"int": 0, "float": 0.0}
+
+
+def _readable(data: dict[str, Any]) -> Job:
+    """A row written with values of the wrong types (text in a number's
+    column, a state deepmox never writes), shown rather than refused: one
+    such row must not break every listing. Each unreadable value is replaced
+    by a neutral one, an unknown state shows as ``failed``, and the error
+    message says which columns were unreadable. The row itself is left as it
+    is (a newer daemon may know its state)."""
+    fields = {f.name: f for f in msgspec.structs.fields(Job)}
+    bad: list[str] = []
+    for name, value in data.items():
+        field = fields.get(name)
+        if field is None:
+            continue
+        try:
+            msgspec.convert({name: value}, msgspec.defstruct("_One", [(name, field.type)]))
+        except msgspec.ValidationError:
+            bad.append(f"{name}={value!r}"[:80])
+            if name == "state":
+                data[name] = JobState.FAILED.value
+            elif field.type in (int, float):
+                data[name] = _NEUTRAL[field.type.__name__]
+            elif field.type is str:
+                data[name] = str(value)
+            else:
+                data[name] = None
+    note = f"the row holds values deepmox cannot read: {', '.join(bad)}"
+    data["error_message"] = note if not isinstance(data.get("error_message"), str) else \
+        f"{data['error_message']} ({note})"
     return msgspec.convert(data, Job)
 
 

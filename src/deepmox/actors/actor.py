@@ -73,6 +73,16 @@ class Finish:
     result: str | None = None
 
 
+#: what decoding a stored payload or checkpoint raises when the row was
+#: written broken (ValueError: a kind's own __post_init__ check)
+_UNDECODABLE = (msgspec.ValidationError, msgspec.DecodeError, TypeError, ValueError,
+                RecursionError)
+
+
+def _why(exc: Exception) -> str:
+    return "it nests too deeply" if isinstance(exc, RecursionError) else str(exc)
+
+
 class _Continue(Exception):
     def __init__(self, run_at: float | None) -> None:
         self.run_at = run_at
@@ -148,15 +158,18 @@ class Actor:
                                       error_class=cls, error_message=message))
 
     async def run(self) -> Finish:
+        if self.job.broken is not None:
+            return self._fail(ErrorClass.PERMANENT, self.job.broken)
         try:
             payload = self.payload = self._kind.decode_json(self.job.payload)
-        except (msgspec.ValidationError, msgspec.DecodeError, TypeError) as exc:
-            return self._fail(ErrorClass.PERMANENT, f"payload does not decode: {exc}")
+        except _UNDECODABLE as exc:
+            return self._fail(ErrorClass.PERMANENT, f"payload does not decode: {_why(exc)}")
         if self.job.checkpoint is not None:
             try:
                 self.checkpoint = msgspec.json.decode(self.job.checkpoint, type=Checkpoint)
-            except (msgspec.ValidationError, msgspec.DecodeError, TypeError) as exc:
-                return self._fail(ErrorClass.PERMANENT, f"checkpoint does not decode: {exc}")
+            except _UNDECODABLE as exc:
+                return self._fail(ErrorClass.PERMANENT,
+                                  f"checkpoint does not decode: {_why(exc)}")
         done = self.checkpoint.done
         self.outputs = done
         first = True
@@ -166,7 +179,7 @@ class Actor:
             except JobError as exc:
                 return self._on_error(exc, "plan")
             except Exception as exc:
-                return self._on_unexpected(exc, "plan")
+                return self._on_unfit(exc, "plan")
             todo = [s for s in steps if s.name not in done]
             self._total_steps = len(steps)
             if not todo:
@@ -174,7 +187,7 @@ class Actor:
                     result = self._kind.result(payload, done)
                     encoded = _encode(result).decode()
                 except Exception as exc:
-                    return self._on_unexpected(exc, "result")
+                    return self._on_unfit(exc, "result")
                 self.progress = 1.0
                 return Finish(policy.completed(), result=encoded)
             nxt = todo[0]
@@ -231,6 +244,16 @@ class Actor:
                     exc, now=self.host.wall(), deferred_s=self.job.deferred_s,
                     policy=self.host.retry_policy, blocked_until=blocked)
         return Finish(decision)
+
+    def _on_unfit(self, exc: Exception, where: str) -> Finish:
+        """``plan`` and ``result`` are pure functions of the payload and the
+        checkpoint's outputs: what they raised they will raise again on every
+        attempt. Either the row was written with outputs that do not fit its
+        kind, or the kind has a bug; neither is helped by a retry."""
+        log.error("unexpected error in %s of job %s", where, self.job_id, exc_info=exc)
+        return self._fail(ErrorClass.PERMANENT,
+                          f"the job's payload and checkpoint do not fit kind {self.kind!r} "
+                          f"({where} raised {type(exc).__name__}: {exc})")
 
     def _on_unexpected(self, exc: Exception, where: str) -> Finish:
         log.error("unexpected error in %s of job %s", where, self.job_id, exc_info=exc)

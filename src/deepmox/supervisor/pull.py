@@ -25,7 +25,7 @@ import msgspec
 
 from ..bindings.d1 import Result, Statement
 from ..bindings.d1.queries import Q
-from ..jobs import Claimed, dumps
+from ..jobs import Claimed, claimed_from_row, dumps
 
 
 class Ack(msgspec.Struct, kw_only=True):
@@ -131,5 +131,5 @@ def build(*, now: float, node: str, acks: Sequence[Ack], lost: Sequence[dict[str
 def claimed_rows(cycle: Cycle, results: Sequence[Result]) -> list[Claimed]:
     out: list[Claimed] = []
     for i in [*cycle.claims, *([cycle.adopt] if cycle.adopt is not None else [])]:
-        out.extend(Claimed(*row) for row in results[i].rows)
+        out.extend(claimed_from_row(row) for row in results[i].rows)
     return out
