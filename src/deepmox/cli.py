@@ -19,7 +19,7 @@ import msgspec
 import trio
 
 from . import __version__, config, logs
-from .client import JobSpec, default_node, open_client
+from .client import MAX_LIST_LIMIT, JobSpec, default_node, open_client, valid_idempotency_key
 from .errors import ConfigError, DeepmoxError, JobError, RefusedError
 from .jobs import Event, Job
 
@@ -110,7 +110,22 @@ def _load_config(args: argparse.Namespace) -> config.Config:
     return config.load(args.config)
 
 
+def _not_text(argv: Sequence[str]) -> str | None:
+    """The first argument that is not UTF-8 text (Python hands such bytes
+    over as lone surrogates, which nothing downstream can encode)."""
+    for arg in argv:
+        try:
+            arg.encode("utf-8")
+        except UnicodeEncodeError:
+            return arg.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+    return None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if (bad := _not_text(argv)) is not None:
+        print(f"deepmox: an argument is not UTF-8 text: {bad!r}", file=sys.stderr)
+        return EXIT_USAGE
     args = _parser().parse_args(argv)
     fmt = args.log_format or ("text" if sys.stderr.isatty() else "json")
     try:
@@ -172,11 +187,17 @@ async def _submit(cfg: config.Config, args: argparse.Namespace) -> int:
         payload = msgspec.json.decode(args.payload)
     except msgspec.DecodeError as exc:
         raise RefusedError(f"--payload is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise RefusedError("--payload nests too deeply") from None
     try:
         spec = msgspec.convert({"kind": args.kind, "payload": payload, "priority": args.priority,
                                 "max_attempts": args.max_attempts}, JobSpec)
     except msgspec.ValidationError as exc:
         raise RefusedError(f"invalid job: {exc}") from None
+    key = args.idempotency_key
+    if key is not None and not valid_idempotency_key(key):
+        # refused here, before it goes into a header or to D1
+        raise RefusedError("--idempotency-key must be 1 to 255 printable ASCII characters")
     from . import remote
 
     answer = None if args.direct else await remote.submit(cfg, spec, args.idempotency_key)
@@ -244,8 +265,8 @@ async def _status(cfg: config.Config, args: argparse.Namespace) -> int:
 
 
 async def _jobs(cfg: config.Config, args: argparse.Namespace) -> int:
-    if args.limit < 0:
-        raise RefusedError("--limit must be 0 (all) or more")
+    if not 0 <= args.limit <= MAX_LIST_LIMIT:
+        raise RefusedError(f"--limit must be 0 (all) to {MAX_LIST_LIMIT}")
     async with open_client(cfg) as client:
         jobs = await client.list_jobs(state=args.state, kind=args.kind, limit=args.limit)
     if args.json:

@@ -9,6 +9,7 @@ with a message that says why, and nothing is written.
 from __future__ import annotations
 
 import os
+import re
 import socket
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -28,6 +29,16 @@ from .store import JobStore, NewJob
 
 MAX_PRIORITY = 1_000_000
 MAX_ATTEMPTS_LIMIT = 1_000
+MAX_IDEMPOTENCY_KEY_CHARS = 255
+#: ``jobs --limit`` and ``GET /v1/jobs?limit=`` (0 means all)
+MAX_LIST_LIMIT = 999_999_999
+_IDEMPOTENCY_KEY = re.compile(rf"[\x20-\x7e]{{1,{MAX_IDEMPOTENCY_KEY_CHARS}}}")
+
+
+def valid_idempotency_key(key: str) -> bool:
+    """1 to 255 printable ASCII characters: what an HTTP header carries
+    unchanged, so a key means the same through the API and straight to D1."""
+    return _IDEMPOTENCY_KEY.fullmatch(key) is not None
 
 
 class JobSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -71,8 +82,8 @@ class Client:
             kind.decode(spec.payload)
         except msgspec.ValidationError as exc:
             raise RefusedError(f"payload for kind {spec.kind!r} does not decode: {exc}") from None
-        if idempotency_key is not None and not (0 < len(idempotency_key) <= 255):
-            raise RefusedError("an idempotency key must be 1 to 255 characters")
+        if idempotency_key is not None and not valid_idempotency_key(idempotency_key):
+            raise RefusedError("an idempotency key must be 1 to 255 printable ASCII characters")
         now = self.wall()
         return NewJob(
             id=new_id(now),
@@ -110,6 +121,8 @@ class Client:
 
     async def list_jobs(self, *, state: str | None = None, kind: str | None = None,
                         limit: int = 100) -> list[Job]:
+        if not 0 <= limit <= MAX_LIST_LIMIT:
+            raise RefusedError(f"the limit must be 0 (all) to {MAX_LIST_LIMIT}, not {limit}")
         return await self.store.list_jobs(state=state, kind=kind, limit=limit)
 
     async def events(self, job_id: str) -> list[Event]:

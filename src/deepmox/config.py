@@ -25,6 +25,8 @@ from .errors import ConfigError
 
 CONFIG_ENV = "DEEPMOX_CONFIG"
 DEFAULT_CONFIG_FILE = "deepmox.toml"
+#: a configuration file is read up to this size (``--config /dev/zero`` is refused)
+MAX_CONFIG_BYTES = 1024 * 1024
 
 D1_PATH = "var/deepmox.db"
 D1_API_BASE = "https://api.cloudflare.com/client/v4"
@@ -430,11 +432,17 @@ def load(path: str | os.PathLike[str] | None = None) -> Config:
             return Config()
         chosen = DEFAULT_CONFIG_FILE
     p = Path(chosen)
+    # a name with a newline or an escape in it must not break the one line
+    source = str(p) if str(p).isprintable() else repr(str(p))
     try:
-        data = p.read_bytes()
+        with p.open("rb") as f:
+            data = f.read(MAX_CONFIG_BYTES + 1)
     except OSError as exc:
-        raise ConfigError(f"{p}: cannot read the configuration: {exc.strerror}") from None
-    return decode(data, source=str(p))
+        raise ConfigError(f"{source}: cannot read the configuration: {exc.strerror}") from None
+    if len(data) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"{source}: the configuration is over {MAX_CONFIG_BYTES:,} bytes "
+                          "(is it the right file?)")
+    return decode(data, source=source)
 
 
 def secret(name: str) -> str | None:

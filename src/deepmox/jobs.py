@@ -167,7 +167,7 @@ def _loads_or_raw(text: Any) -> Any:
         return text
     try:
         return _JSON_DECODER.decode(text)
-    except (msgspec.DecodeError, RecursionError):
+    except (ValueError, RecursionError):  # not JSON, or not UTF-8 (a blob)
         return text
 
 

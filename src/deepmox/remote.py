@@ -36,7 +36,7 @@ def token(cfg: Config) -> str | None:
 def _error(status: int, body: bytes) -> DeepmoxError:
     try:
         message = msgspec.json.decode(body)["error"]["message"]
-    except (msgspec.DecodeError, KeyError, TypeError):
+    except (ValueError, KeyError, TypeError):  # not JSON, not UTF-8, not our shape
         message = body[:200].decode("utf-8", "replace")
     if status == 404:
         return NotFoundError(message)
@@ -72,7 +72,13 @@ async def submit(cfg: Config, spec: JobSpec, idempotency_key: str | None
     except httpx2.HTTPError as exc:
         raise DeepmoxError(f"the daemon at {url} did not answer: {exc}") from None
     if response.status_code in (200, 201):
-        return msgspec.json.decode(response.content, type=Job), response.status_code == 201
+        try:
+            job = msgspec.json.decode(response.content, type=Job)
+        except ValueError:
+            raise DeepmoxError(f"{url} answered HTTP {response.status_code} with something "
+                               "that is not a job: is a deepmox daemon listening there?") \
+                from None
+        return job, response.status_code == 201
     if response.status_code == 409 and b"other_database" in response.content:
         return None  # a daemon of another database: write to ours directly
     if response.status_code in (401, 403) and not write_token:

@@ -83,3 +83,25 @@ async def test_http_uses_raw_and_counts_requests(http_d1: HttpD1, d1_fake: D1Fak
     assert stats["requests"] == 2
     assert stats["by_endpoint"]["raw"] == 2
     assert http_d1.statistics().requests == 2
+
+
+@pytest.mark.parametrize("body", [
+    # cut off in the middle of a character: msgspec raised UnicodeDecodeError,
+    # which no pull cycle caught (the daemon stopped)
+    b'{"success": true, "result": [{"results": {"columns": ["x"], "rows": [["\xc3',
+    b'{"success": true, "result": [{"results": {"columns": ["x"], "rows": [["\xff"]]}}]}',
+    b"<html>a proxy's error page</html>",
+    b"",
+])
+async def test_http_200_that_is_not_d1_json_is_transient(body: bytes) -> None:
+    import httpx2
+
+    transport = httpx2.MockTransport(lambda request: httpx2.Response(200, content=body))
+    d1 = HttpD1(api_base="http://d1.invalid/client/v4", account_id="a", database_id="b",
+                token="t", requests_per_5min=100,
+                client=httpx2.AsyncClient(transport=transport))
+    try:
+        with pytest.raises(D1UnavailableError, match="not its JSON"):
+            await d1.execute("SELECT 1")
+    finally:
+        await d1.aclose()

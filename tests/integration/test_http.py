@@ -269,6 +269,9 @@ async def test_cancel_and_retry_follow_the_job_state(api: Api) -> None:
     (b"", 400, "malformed_json"),
     (b"{", 400, "malformed_json"),
     (b"\xff\xfe", 400, "malformed_json"),
+    # bad UTF-8 inside a string: msgspec raises UnicodeDecodeError there (was a 500)
+    (b'{"kind": "\xc3\x28"}', 400, "malformed_json"),
+    (b'{"kind": "noop", "payload": {"value": "\xed\xa0\x80"}}', 400, "malformed_json"),
     (b"[" * 100_000, 400, "invalid_request"),
     (b'{"kind": "noop", "payload": ' + b"[" * 100_000, 400, "malformed_json"),
     (b'{"kind": "noop", "payload": ' + b"[" * 10_000 + b"]" * 10_000 + b"}",

@@ -72,6 +72,10 @@ def test_submit_json_and_idempotency(cli: Cli) -> None:
         (["submit", "noop", "--max-attempts", "0"], "at `$.max_attempts`"),
         (["status", "nosuchjob"], "no job with id 'nosuchjob'"),
         (["jobs", "--limit", "-1"], "--limit must be 0"),
+        # each was a traceback (the hostile-input fuzz)
+        (["jobs", "--limit", "99999999999999999999"], "--limit must be 0"),
+        (["submit", "noop", "--payload", "[" * 5000 + "]" * 5000], "nests too deeply"),
+        (["submit", "noop", "--idempotency-key", "k\x01"], "printable ASCII"),
         (["jobs", "--state", "done"], "invalid choice"),
         (["frobnicate"], "invalid choice"),
     ],

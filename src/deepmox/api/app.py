@@ -28,7 +28,7 @@ from urllib.parse import parse_qsl
 
 import msgspec
 
-from ..client import Client, JobSpec
+from ..client import Client, JobSpec, valid_idempotency_key
 from ..config import Config, database_identity
 from ..jobs import JobState
 from .auth import Access, Tokens
@@ -43,14 +43,12 @@ Send = Callable[[Message], Awaitable[None]]
 DEFAULT_LIST_LIMIT = 100
 #: job ids are 26-character ULIDs; anything much longer is not looked up
 MAX_ID_CHARS = 128
-MAX_IDEMPOTENCY_KEY_CHARS = 255
 MAX_QUERY_FIELDS = 20
 #: how much of a body over the limit is read (and dropped) to answer its 413 cleanly
 DRAIN_BYTES = 1024 * 1024
 
 _STATES = frozenset(s.value for s in JobState)
 _LIMIT = re.compile(r"[0-9]{1,9}")
-_KEY = re.compile(r"[\x20-\x7e]+")
 
 
 class Health(msgspec.Struct, frozen=True, omit_defaults=True):
@@ -338,6 +336,10 @@ def decode_spec(body: bytes) -> JobSpec:
         raise HttpError(400, "invalid_request", f"not a job spec: {exc}") from None
     except msgspec.DecodeError as exc:
         raise HttpError(400, "malformed_json", f"the body is not JSON: {exc}") from None
+    except UnicodeDecodeError as exc:  # msgspec's answer to bad UTF-8 inside a string
+        raise HttpError(400, "malformed_json",
+                        f"the body is not UTF-8 JSON: {exc.reason} at byte {exc.start}") \
+            from None
     except RecursionError:
         raise HttpError(400, "malformed_json", "the body nests too deeply") from None
 
@@ -370,7 +372,7 @@ class JobsApi:
         raw_key = request.header(b"idempotency-key")
         if raw_key is not None:
             key = raw_key.decode("latin-1")
-            if not (len(key) <= MAX_IDEMPOTENCY_KEY_CHARS and _KEY.fullmatch(key)):
+            if not valid_idempotency_key(key):
                 raise HttpError(400, "invalid_request",
                                 "Idempotency-Key must be 1 to 255 printable ASCII characters")
         spec = decode_spec(await request.body())

@@ -35,28 +35,35 @@ from typing import Annotated, Any
 import msgspec
 import trio
 
+from .. import config
 from ..actors.kind import Kind, Step, StepContext
 from ..bindings import media
 from ..bindings.r2 import R2
 from ..errors import PermanentError
 from . import ingest, speed
 
-NAME_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,19}$"
+#: the same rules as ``[[video.renditions]]``
+NAME_PATTERN = config.RENDITION_NAME
 DURATION_TOLERANCE_S = 0.5
+_HEIGHT, _VIDEO_K, _AUDIO_K = (config.RENDITION_HEIGHT, config.RENDITION_VIDEO_KBPS,
+                               config.RENDITION_AUDIO_KBPS)
 
 
 class RenditionSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     name: Annotated[str, msgspec.Meta(pattern=NAME_PATTERN)]
-    height: Annotated[int, msgspec.Meta(ge=16, le=4320)]
-    video_bitrate_k: Annotated[int, msgspec.Meta(ge=50, le=100_000)] = 1000
-    audio_bitrate_k: Annotated[int, msgspec.Meta(ge=16, le=512)] = 128
+    height: Annotated[int, msgspec.Meta(ge=_HEIGHT[0], le=_HEIGHT[1])]
+    video_bitrate_k: Annotated[int, msgspec.Meta(ge=_VIDEO_K[0], le=_VIDEO_K[1])] = 1000
+    audio_bitrate_k: Annotated[int, msgspec.Meta(ge=_AUDIO_K[0], le=_AUDIO_K[1])] = 128
 
 
 class TranscodePayload(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    source: Annotated[str, msgspec.Meta(pattern=r"^(file|https?|r2)://", max_length=4096)]
-    renditions: Annotated[list[RenditionSpec], msgspec.Meta(min_length=1, max_length=8)] | None \
+    #: no control characters: a NUL or a newline is never part of a real path or URL
+    source: Annotated[str, msgspec.Meta(pattern=r"^(file|https?|r2)://[^\x00-\x1f\x7f]*$",
+                                        max_length=4096)]
+    renditions: Annotated[list[RenditionSpec],
+                          msgspec.Meta(min_length=1, max_length=config.MAX_RENDITIONS)] | None \
         = None
-    thumbnails: Annotated[int, msgspec.Meta(ge=0, le=20)] | None = None
+    thumbnails: Annotated[int, msgspec.Meta(ge=0, le=config.MAX_THUMBNAILS)] | None = None
 
     def __post_init__(self) -> None:
         names = [r.name for r in self.renditions or []]
@@ -155,8 +162,10 @@ class Transcode(Kind):
         limits = ctx.bindings.cfg.limits
         probe = await media.probe(await local_source(ctx), limits=_limits(ctx))
         video = probe.video
-        if video is None or not video.width or not video.height:
+        if video is None:
             raise PermanentError("the input has no video stream")
+        if not video.width or not video.height:
+            raise PermanentError("the input's video stream has no frame size ffprobe can read")
         if probe.duration_s <= 0:
             raise PermanentError("the input has no duration ffprobe can read")
         for value, limit, key, unit in (

@@ -122,7 +122,11 @@ class HttpD1:
     async def batch(self, statements: Sequence[Statement]) -> list[Result]:
         for s in statements:
             check_statement(s)
-        body = _encode({"batch": [{"sql": s.sql, "params": list(s.params)} for s in statements]})
+        try:
+            body = _encode({"batch": [{"sql": s.sql, "params": list(s.params)}
+                                      for s in statements]})
+        except (UnicodeEncodeError, TypeError) as exc:
+            raise D1QueryError(f"D1: a parameter cannot be sent: {exc}") from exc
         await self.budget.acquire()
         self._requests += 1
         self._statements += len(statements)
@@ -139,8 +143,12 @@ class HttpD1:
             self._seconds += time.perf_counter() - began
         try:
             envelope = _decode_envelope(response.content)
-        except msgspec.DecodeError:
+        except ValueError:  # not JSON, not UTF-8 (a body cut off mid-character)
             envelope = None
+        if response.status_code == 200 and envelope is None:
+            self._errors += 1
+            raise D1UnavailableError("D1 answered HTTP 200 with a body that is not its JSON "
+                                     f"({len(response.content)} bytes)")
         if response.status_code != 200 or envelope is None or not envelope.success:
             self._errors += 1
             errors = envelope.errors if envelope is not None else []

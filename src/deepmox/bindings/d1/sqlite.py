@@ -146,6 +146,11 @@ class SqliteD1:
         except sqlite3.Error as exc:
             self._errors += 1
             raise _map(exc) from exc
+        except (OverflowError, UnicodeEncodeError) as exc:
+            # a parameter SQLite cannot hold (an integer beyond 64 bits, text
+            # with a lone surrogate): the statement can never succeed
+            self._errors += 1
+            raise D1QueryError(f"sqlite: a parameter cannot be stored: {exc}") from exc
         finally:
             self._seconds += time.perf_counter() - began
 

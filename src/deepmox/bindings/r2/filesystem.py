@@ -288,7 +288,7 @@ class FilesystemR2:
                 return _decode_record(f.read())
         except FileNotFoundError:
             return None
-        except msgspec.DecodeError:
+        except ValueError:  # msgspec's DecodeError, or bytes that are not UTF-8
             return None  # a torn or foreign record: the content speaks for itself
 
     def _write_record(self, record: _Record) -> None:
