@@ -15,6 +15,7 @@ The bytes are hashed (sha256) as they arrive.
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import urllib.parse
 from collections.abc import Sequence
@@ -75,10 +76,12 @@ def sha256_file(path: Path) -> tuple[int, str]:
 
 def _confined(url: str, allowed_dirs: Sequence[str]) -> Path:
     """The real path ``url`` names, if it lies under an allowed folder."""
-    parsed = urllib.parse.urlsplit(url)
+    parsed = _split(url)
     if parsed.netloc not in ("", "localhost"):
         raise PermanentError(f"file:// sources must be local paths, not on {parsed.netloc!r}")
     path = Path(urllib.parse.unquote(parsed.path))
+    if "\x00" in str(path):  # a %00 in the URL; no path holds one
+        raise PermanentError(f"{url[:200]!r} names a path with a NUL byte in it")
     real = Path(os.path.realpath(path))
     roots = [Path(os.path.realpath(d)) for d in allowed_dirs]
     if not any(real == root or root in real.parents for root in roots):
@@ -93,12 +96,27 @@ def _confined(url: str, allowed_dirs: Sequence[str]) -> Path:
 async def fetch_file(url: str, dest: Path, *, allowed_dirs: Sequence[str],
                      max_bytes: int) -> Fetched:
     real = await trio.to_thread.run_sync(_confined, url, allowed_dirs)
-    size, digest = await trio.to_thread.run_sync(_copy_hashing, real, dest, max_bytes)
+    try:
+        size, digest = await trio.to_thread.run_sync(_copy_hashing, real, dest, max_bytes)
+    except PermissionError as exc:
+        raise PermanentError(f"{real} cannot be read: {exc.strerror}") from None
     return Fetched(str(dest), size, digest, real.name)
 
 
+def _split(url: str) -> urllib.parse.SplitResult:
+    """``urlsplit``, with a malformed URL (``http://[::1``) a permanent error."""
+    try:
+        return urllib.parse.urlsplit(url)
+    except ValueError as exc:
+        raise PermanentError(f"the URL {url[:200]!r} does not parse: {exc}") from None
+
+
 def _host_port(parsed: urllib.parse.SplitResult) -> tuple[str, int]:
-    host = parsed.hostname
+    try:
+        host = parsed.hostname
+    except ValueError as exc:
+        raise PermanentError(f"the URL {parsed.geturl()[:200]!r} does not parse: {exc}") \
+            from None
     if not host:
         raise PermanentError(f"the URL {parsed.geturl()!r} has no host")
     try:
@@ -115,7 +133,7 @@ async def fetch_http(url: str, dest: Path, *, max_bytes: int, allow_private: boo
     http = client or httpx2.AsyncClient(timeout=httpx2.Timeout(30.0), follow_redirects=False)
     try:
         for _ in range(MAX_REDIRECTS + 1):
-            parsed = urllib.parse.urlsplit(url)
+            parsed = _split(url)
             if parsed.scheme not in ("http", "https"):
                 raise PermanentError(f"refusing a redirect to a {parsed.scheme}: URL")
             host, port = _host_port(parsed)
@@ -135,7 +153,11 @@ async def fetch_http(url: str, dest: Path, *, max_bytes: int, allow_private: boo
                         location = response.headers.get("location")
                         if not location:
                             raise PermanentError(f"{url} redirects without a Location")
-                        url = urllib.parse.urljoin(url, location)
+                        try:
+                            url = urllib.parse.urljoin(url, location)
+                        except ValueError as exc:
+                            raise PermanentError(f"{url} redirects to a URL that does not "
+                                                 f"parse: {exc}") from None
                         continue
                     _check_status(url, host, response)
                     declared = response.headers.get("content-length")
@@ -166,13 +188,30 @@ def _check_status(url: str, host: str, response: httpx2.Response) -> None:
     if 200 <= status < 300:
         return
     if status == 429 or (status == 503 and "retry-after" in response.headers):
-        value = response.headers.get("retry-after", "")
-        retry = float(value) if value.replace(".", "", 1).isdigit() else 30.0
+        retry = _retry_after(response.headers.get("retry-after", ""))
         raise RateLimitedError(f"{url} answered HTTP {status}", upstream=f"http:{host}",
                                retry_after=retry)
     if status >= 500 or status == 408:
         raise TransientError(f"{url} answered HTTP {status}")
     raise PermanentError(f"{url} answered HTTP {status}")
+
+
+#: a retry-after that cannot be read, or is longer than this, waits this long
+DEFAULT_RETRY_AFTER_S = 30.0
+MAX_RETRY_AFTER_S = 3600.0
+
+
+def _retry_after(value: str) -> float:
+    """A server's ``Retry-After`` seconds: what it says when that is a
+    plausible number, else :data:`DEFAULT_RETRY_AFTER_S` (an HTTP date, "²",
+    "nan" and "1e999" are all things a server may send)."""
+    try:
+        seconds = float(value)
+    except ValueError:
+        return DEFAULT_RETRY_AFTER_S
+    if math.isnan(seconds) or seconds < 0:
+        return DEFAULT_RETRY_AFTER_S
+    return min(seconds, MAX_RETRY_AFTER_S)
 
 
 async def fetch_r2(url: str, dest: Path, *, r2: R2, max_bytes: int) -> Fetched:

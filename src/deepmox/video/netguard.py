@@ -22,11 +22,14 @@ import socket
 
 import trio
 
-from ..errors import PermanentError
+from ..errors import PermanentError, TransientError
 
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 _CGNAT = ipaddress.ip_network("100.64.0.0/10")
+#: IETF protocol assignments: no media server lives there, and Python's own
+#: is_global misses some of it (192.0.0.8, the dummy address, on 3.11)
+_IETF = ipaddress.ip_network("192.0.0.0/24")
 _NAT64 = ipaddress.ip_network("64:ff9b::/96")
 _METADATA = {ipaddress.ip_address("169.254.169.254"), ipaddress.ip_address("fd00:ec2::254")}
 
@@ -59,6 +62,8 @@ def why_forbidden(addr: Address) -> str | None:
         (addr.is_link_local, "a link-local address"),
         (addr.is_private, "a private address"),
         (isinstance(addr, ipaddress.IPv4Address) and addr in _CGNAT, "a shared (CGNAT) address"),
+        (isinstance(addr, ipaddress.IPv4Address) and addr in _IETF,
+         "an IETF protocol address"),
         (addr.is_multicast, "a multicast address"),
         (addr.is_unspecified, "an unspecified address"),
         (addr.is_reserved, "a reserved address"),
@@ -78,7 +83,11 @@ async def resolve_public(host: str, port: int, *, allow_private: bool) -> list[A
     try:
         infos = await trio.socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except socket.gaierror as exc:
+        if exc.errno == socket.EAI_AGAIN:  # the resolver itself failed: try again later
+            raise TransientError(f"cannot resolve {host!r} now: {exc.strerror}") from None
         raise PermanentError(f"cannot resolve {host!r}: {exc.strerror}") from None
+    except UnicodeError as exc:  # a label over 63 characters, a name IDNA refuses
+        raise PermanentError(f"{host[:100]!r} is not a host name: {exc}") from None
     addrs: list[Address] = []
     for info in infos:
         raw = str(info[4][0])
