@@ -365,6 +365,19 @@ ROWS: dict[str, Row] = {
                 MediaInputError, "not a video ffmpeg can read: Decoder (codec hevc)"),
     "unknown": (1, ["[error] Something new went wrong"], Limits(), MediaUnavailableError,
                 "failed (exit status 1): Something new went wrong"),
+    # found by tests/contract/test_fuzz_media.py: each was retried as transient
+    "frame too large": (1, ["[gif @ 0x55] [IMGUTILS @ 0x7f] [error] Picture size "
+                            "60000x60000 is invalid", "[error] Error configuring filter graph"],
+                        Limits(), MediaInputError, "declares frames of 60000x60000"),
+    "over max_pixels": (1, ["[vp8 @ 0x55] [IMGUTILS @ 0x7f] [error] Picture size 16000x16000 "
+                            "exceeds specified max pixel count 8294400, see the documentation",
+                            "[error] Error while decoding stream #0:0: Cannot allocate memory"],
+                        Limits(), MediaInputError, "over the limit of 8,294,400 pixels"),
+    "the input failed to open": (1, ["[error] Failed to read frame size: Could not seek to 9.",
+                                     "[error] file:/x/in.mp4: Invalid argument"], Limits(),
+                                 MediaInputError, "not a video ffmpeg can read"),
+    "io error": (1, ["[error] file:/x/in.mp4: Input/output error"], Limits(),
+                 MediaUnavailableError, "could not read or write"),
     "success": (0, ["[warning] deprecated pixel format used"], Limits(), None, ""),
 }
 
@@ -372,7 +385,7 @@ ROWS: dict[str, Row] = {
 @pytest.mark.parametrize("row", list(ROWS))
 def test_exit_mapping(row: str) -> None:
     returncode, lines, limits, expected, words = ROWS[row]
-    log = FfmpegLog()
+    log = FfmpegLog(["file:/x/in.mp4"], inputs=["file:/x/in.mp4"])
     for line in lines:
         log.feed(line)
     done = process.Completed(pid=1, returncode=returncode, stdout=b"")
@@ -382,6 +395,16 @@ def test_exit_mapping(row: str) -> None:
     else:
         assert type(error) is expected
         assert words in str(error)
+
+
+def test_ffprobe_failing_unrecognised_is_the_inputs_fault() -> None:
+    # ffprobe reads only the input and writes nothing: what ffmpeg would
+    # retry (an unknown failure) is the input's fault when ffprobe says it
+    log = FfmpegLog()
+    log.feed("[error] Failed to read frame size: Could not seek to 1029.")
+    done = process.Completed(pid=1, returncode=1, stdout=b"")
+    assert type(classify("ffprobe", done, log, limits=Limits())) is MediaInputError
+    assert type(classify("ffmpeg", done, log, limits=Limits())) is MediaUnavailableError
 
 
 # -- helpers ------------------------------------------------------------------------------

@@ -45,6 +45,9 @@ from . import ingest, speed
 #: the same rules as ``[[video.renditions]]``
 NAME_PATTERN = config.RENDITION_NAME
 DURATION_TOLERANCE_S = 0.5
+#: the widest (or tallest) frame shape accepted: beyond it a rendition's width
+#: rounds to under 2 pixels or over the encoder's limit
+MAX_ASPECT = 16
 _HEIGHT, _VIDEO_K, _AUDIO_K = (config.RENDITION_HEIGHT, config.RENDITION_VIDEO_KBPS,
                                config.RENDITION_AUDIO_KBPS)
 
@@ -166,6 +169,10 @@ class Transcode(Kind):
             raise PermanentError("the input has no video stream")
         if not video.width or not video.height:
             raise PermanentError("the input's video stream has no frame size ffprobe can read")
+        if max(video.width / video.height, video.height / video.width) > MAX_ASPECT:
+            raise PermanentError(
+                f"the input's frames are {video.width}x{video.height}: an aspect ratio beyond "
+                f"{MAX_ASPECT}:1 cannot be scaled to a rendition")
         if probe.duration_s <= 0:
             raise PermanentError("the input has no duration ffprobe can read")
         for value, limit, key, unit in (

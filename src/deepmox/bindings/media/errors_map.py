@@ -18,6 +18,8 @@ out of memory                          "Cannot allocate memory",             Med
                                        mapped (even at exit status 0)
 the scratch disk is full               "No space left on device", "Disk      MediaUnavailableError
                                        quota exceeded" (even at status 0)
+the machine failed an I/O              "Input/output error", "Too many open  MediaUnavailableError
+                                       files" (even at status 0)
 killed from outside                    SIGKILL: the OOM killer               MediaUnavailableError
 a crash under a memory limit           SIGSEGV, SIGABRT, SIGBUS              MediaUnavailableError
 a crash without one                    SIGSEGV, SIGABRT, SIGBUS              MediaInputError
@@ -27,6 +29,11 @@ a reference to another file or URL     "Protocol ... not on whitelist"       Med
 no stream of the kind asked for        "matches no streams"                  MediaInputError
 truncated, undecodable, unsupported    "moov atom not found", "Invalid       MediaInputError
                                        data found ...", decoder not found
+frames larger than can be decoded      "Picture size WxH is invalid",        MediaInputError
+                                       "... exceeds specified max pixel
+                                       count" (``Limits.max_pixels``)
+the input itself failed to open/read   an error line "<the input>: why"      MediaInputError
+ffprobe failed any other way           it reads only the input               MediaInputError
 anything else that failed              a non-zero exit status                MediaUnavailableError
 =====================================  ====================================  =====================
 
@@ -58,6 +65,8 @@ KEEP_LINES: Final = 32
 
 _LINE = re.compile(
     r"^(?:\[(?P<ctx>[^\]]+?) @ 0x[0-9a-fA-F]+\] )?"
+    # a helper's own context may follow: "[gif @ 0x..] [IMGUTILS @ 0x..] [error] ..."
+    r"(?:\[[^\]]+? @ 0x[0-9a-fA-F]+\] )*"
     r"\[(?P<level>panic|fatal|error|warning|info|verbose|debug|trace)\] (?P<msg>.*)$"
 )
 _SIGNAL = re.compile(r"received signal (\d+)", re.IGNORECASE)
@@ -77,6 +86,9 @@ _MEMORY = (
     "pthread_create",
 )
 _DISK = ("no space left on device", "disk quota exceeded", "file too large")
+#: the machine failing to read, not the input being bad
+_MACHINE = ("input/output error", "too many open files", "resource temporarily unavailable",
+            "interrupted system call", "stale file handle")
 _UNDECODABLE = (
     "moov atom not found",
     "invalid data found when processing input",
@@ -124,14 +136,19 @@ class FfmpegLog:
     """
 
     def __init__(self, paths: Iterable[str] = (),
-                 also: Callable[[Line], None] | None = None) -> None:
+                 also: Callable[[Line], None] | None = None, *,
+                 inputs: Iterable[str] = ()) -> None:
         self.lines: deque[Line] = deque(maxlen=KEEP_LINES)
         self.received_signal: int | None = None
         self.hard_exit = False
         self.empty_output = False
+        #: why opening or reading the input failed, when a line said so with
+        #: the input's own name in front ("file:/x/in.mp4: End of file")
+        self.input_failed: str | None = None
         self._also = also
         # longest first, so "file:/a/b.mp4" is replaced before "/a/b.mp4"
         self._paths = sorted(set(paths), key=len, reverse=True)
+        self._inputs = tuple(f"{i}: " for i in inputs)
 
     def feed(self, raw: str) -> None:
         m = _LINE.match(raw)
@@ -147,7 +164,10 @@ class FfmpegLog:
         if _EMPTY_OUTPUT in line.message:
             self.empty_output = True
         if line.level in _SIGNIFICANT:
-            self.lines.append(line._replace(message=self.scrub(line.message)))
+            scrubbed = self.scrub(line.message)
+            if line.level != "warning" and line.message.startswith(self._inputs):
+                self.input_failed = scrubbed
+            self.lines.append(line._replace(message=scrubbed))
 
     def scrub(self, message: str) -> str:
         for path in self._paths:
@@ -175,11 +195,17 @@ def classify(prog: str, done: Completed, log: FfmpegLog, *, limits: Limits) -> M
     if (sig == signal.SIGXCPU or log.received_signal == signal.SIGXCPU
             or (log.hard_exit and limits.cpu_s is not None)):
         return MediaBudgetError(f"{prog} used up its CPU-time limit of {limits.cpu_s} s")
+    # before memory: a frame refused for its size was never allocated, and
+    # what failed after it is the input's fault too
+    if done.returncode != 0 and (refused := frame_size_error(log)) is not None:
+        return refused
     every = [ln.message for ln in log.lines]
     if (msg := _first(every, _MEMORY)) is not None:
         return MediaUnavailableError(f"{prog} ran out of memory{_limit(limits)}: {msg}")
     if (msg := _first(every, _DISK)) is not None:
         return MediaUnavailableError(f"the scratch disk is full: {msg}")
+    if (msg := _first(every, _MACHINE)) is not None:
+        return MediaUnavailableError(f"{prog} could not read or write its files: {msg}")
     if done.returncode == 0:
         return None
     if sig == signal.SIGKILL:
@@ -196,9 +222,35 @@ def classify(prog: str, done: Completed, log: FfmpegLog, *, limits: Limits) -> M
     if sig is not None or log.received_signal is not None:
         name = _signal_name(sig if sig is not None else log.received_signal)
         return MediaUnavailableError(f"{prog} was stopped by {name}")
-    return _input_error(log) or MediaUnavailableError(
-        f"{prog} failed (exit status {done.returncode}): {log.reason()}"
-    )
+    found = _input_error(log)
+    if found is not None:
+        return found
+    if log.input_failed is not None or prog == "ffprobe":
+        # ffmpeg named the input as what failed; or ffprobe failed, which
+        # reads nothing but the input (a local file already complete) and
+        # writes nothing: memory, disk and signals were ruled out above
+        return MediaInputError(f"the input is not a video ffmpeg can read: {log.reason()}")
+    return MediaUnavailableError(f"{prog} failed (exit status {done.returncode}): {log.reason()}")
+
+
+_FRAME_SIZE = re.compile(r"Picture size (?P<size>\d+x\d+) (?P<why>is invalid|exceeds specified "
+                         r"max pixel count (?P<max>\d+))")
+
+
+def frame_size_error(log: FfmpegLog) -> MediaInputError | None:
+    """The input declares frames a decoder refused to allocate: larger than
+    ffmpeg allows at all, or than ``Limits.max_pixels``."""
+    for line in log.errors():
+        m = _FRAME_SIZE.search(line.message)
+        if m is None:
+            continue
+        if m["max"] is not None:
+            return MediaInputError(
+                f"the input's frames are {m['size']}, over the limit of {int(m['max']):,} "
+                "pixels ([limits] max_width x max_height)")
+        return MediaInputError(f"the input declares frames of {m['size']}, a size no "
+                               "decoder accepts")
+    return None
 
 
 def _input_error(log: FfmpegLog) -> MediaInputError | None:
@@ -220,6 +272,10 @@ def _input_error(log: FfmpegLog) -> MediaInputError | None:
             what = {"v": "video", "a": "audio", "s": "subtitle"}.get(
                 kind["kind"].lower() if kind else "", "usable")
             return MediaInputError(f"the input has no {what} stream")
+        if "not divisible by 2" in text or "invalid width x height" in text:
+            # an aspect ratio so extreme that the scaled width is 1 or 16416
+            return MediaInputError(
+                f"the input's frames are too narrow or too flat to encode: {line.message}")
         if "moov atom not found" in text:
             return MediaInputError(
                 "the input is not a video ffmpeg can read: moov atom not found "

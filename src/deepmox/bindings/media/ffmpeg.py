@@ -50,7 +50,7 @@ import msgspec
 import trio
 
 from ...errors import MediaInputError
-from .errors_map import FfmpegLog, Line, classify
+from .errors_map import FfmpegLog, Line, classify, frame_size_error
 from .process import DEFAULT_LIMITS, Completed, Limits, run
 
 FFMPEG: Final = "ffmpeg"
@@ -142,15 +142,22 @@ async def probe(path: str | os.PathLike[str], *, limits: Limits = DEFAULT_LIMITS
     """
     size = await _check_input(path)
     argv = [FFPROBE, "-hide_banner", "-loglevel", "level+warning",
-            *_input(path), "-of", "json", "-show_format", "-show_streams"]
-    done, _ = await _run(argv, [path], limits=limits, timeout_s=timeout_s)
+            *_input(path, limits), "-of", "json", "-show_format", "-show_streams"]
+    done, log = await _run(argv, [path], limits=limits, timeout_s=timeout_s)
     try:
-        raw = _decode_probe(done.stdout)
+        # a crafted file's tags reach ffprobe's JSON as they are, UTF-8 or not
+        raw = _decode_probe(done.stdout.decode("utf-8", "replace"))
     except msgspec.DecodeError as exc:
         raise MediaInputError(f"ffprobe's description of the input is unreadable: {exc}") from exc
     if raw.format is None:
         raise MediaInputError("the input is not a video ffmpeg can read")
     result = _to_probe(raw, size)
+    if any(s.codec_type == "video" and not s.width for s in result.streams):
+        # ffprobe succeeds on a stream whose frames its decoder refused to
+        # allocate; say so rather than report a video without a size
+        refused = frame_size_error(log)
+        if refused is not None:
+            raise refused
     if not (result.has_video or result.has_audio):
         raise MediaInputError("the input has no audio or video stream")
     return result
@@ -162,7 +169,7 @@ async def keyframes(path: str | os.PathLike[str], *, limits: Limits = DEFAULT_LI
     from the packets without decoding: chunks cut there need no frames decoded
     and thrown away before their start."""
     await _check_input(path)
-    argv = [FFPROBE, "-hide_banner", "-loglevel", "level+warning", *_input(path),
+    argv = [FFPROBE, "-hide_banner", "-loglevel", "level+warning", *_input(path, limits),
             "-select_streams", "V:0", "-show_entries", "packet=pts_time,flags",
             "-of", "csv=p=0"]
     done, _ = await _run(argv, [path], limits=limits, timeout_s=timeout_s)
@@ -199,7 +206,7 @@ async def transcode_chunk(src: str | os.PathLike[str], dst: str | os.PathLike[st
     k = int(video_bitrate_k)
     end = start_s + duration_s
     args = [
-        *_input(src, before=["-ss", _seconds(start_s), "-t", _seconds(duration_s)]),
+        *_input(src, limits, before=["-ss", _seconds(start_s), "-t", _seconds(duration_s)]),
         "-map", "0:V:0", "-an", "-sn", "-dn", "-map_metadata", "-1", "-map_chapters", "-1",
         # the chunk starts at its first frame, whatever fraction of a frame lay
         # between start_s and that frame: CFR output would otherwise fill it with
@@ -224,7 +231,7 @@ async def encode_audio(src: str | os.PathLike[str], dst: str | os.PathLike[str],
         return None
     codec = ["-c:a", "copy"] if copy else ["-c:a", "aac", "-b:a", f"{int(bitrate_k)}k"]
     args = [
-        *_input(src),
+        *_input(src, limits),
         "-map", "0:a:0", "-vn", "-sn", "-dn", "-map_metadata", "-1", "-map_chapters", "-1",
         *codec,
         "-f", "mp4",
@@ -244,9 +251,9 @@ async def concat(chunks: Sequence[str | os.PathLike[str]], audio: str | os.PathL
     workdir, listing = await trio.to_thread.run_sync(_write_concat_list, chunks, Path(dst))
     try:
         args = ["-f", "concat", "-safe", "1",
-                *_input(listing, formats=("concat", CHUNK_FORMAT))]
+                *_input(listing, limits, formats=("concat", CHUNK_FORMAT))]
         if audio is not None:
-            args += _input(audio, formats=(CHUNK_FORMAT,))
+            args += _input(audio, limits, formats=(CHUNK_FORMAT,))
         args += ["-map", "0:v:0"]
         if audio is not None:
             args += ["-map", "1:a:0"]
@@ -267,7 +274,7 @@ async def thumbnail(src: str | os.PathLike[str], dst: str | os.PathLike[str], *,
     _check_height(height)
     await _check_input(src)
     args = [
-        *_input(src, before=["-ss", _seconds(at_s)]),
+        *_input(src, limits, before=["-ss", _seconds(at_s)]),
         "-map", "0:V:0", "-an", "-sn", "-dn", "-frames:v", "1",
         "-vf", f"scale=-2:{height}", "-c:v", "mjpeg", "-q:v", "3",
         "-f", "image2", "-update", "1",
@@ -294,7 +301,7 @@ async def thumbnails(src: str | os.PathLike[str], shots: Sequence[tuple[str | os
     for _, at in shots:
         if at < 0:
             raise ValueError(f"at_s must be >= 0, not {at!r}")
-        args += _input(src, before=["-ss", _seconds(at)])
+        args += _input(src, limits, before=["-ss", _seconds(at)])
     outs = []
     for i, (dst, at) in enumerate(shots[:-1]):
         part = Path(dst).with_name(f".{Path(dst).name}.part")
@@ -337,7 +344,7 @@ async def scene_changes(src: str | os.PathLike[str], threshold: float = 0.4, *,
             if m is not None:
                 times.append(float(m[1]))
 
-    argv = [FFMPEG, *_COMMON, *_input(src),
+    argv = [FFMPEG, *_COMMON, *_input(src, limits),
             "-map", "0:V:0", "-an", "-sn", "-dn",
             "-vf", f"setpts=PTS-STARTPTS,select='gt(scene,{threshold:.6f})',showinfo",
             "-f", "null", "-"]
@@ -352,11 +359,13 @@ def _url(path: str | os.PathLike[str]) -> str:
     return "file:" + os.path.abspath(os.fspath(path))
 
 
-def _input(path: str | os.PathLike[str], *, formats: Sequence[str] = INPUT_FORMATS,
-           before: Sequence[str] = ()) -> list[str]:
-    """The options that open ``path`` as an input, under the rule above."""
+def _input(path: str | os.PathLike[str], limits: Limits, *,
+           formats: Sequence[str] = INPUT_FORMATS, before: Sequence[str] = ()) -> list[str]:
+    """The options that open ``path`` as an input, under the rule above, its
+    decoders held to ``limits.max_pixels``."""
+    pixels = [] if limits.max_pixels is None else ["-max_pixels", str(limits.max_pixels)]
     return ["-protocol_whitelist", PROTOCOLS, "-format_whitelist", ",".join(formats),
-            *before, "-i", _url(path)]
+            *pixels, *before, "-i", _url(path)]
 
 
 def _spellings(paths: Sequence[str | os.PathLike[str] | None]) -> list[str]:
@@ -380,8 +389,10 @@ def _check_height(height: int) -> None:
 async def _run(argv: list[str], paths: Sequence[str | os.PathLike[str] | None], *,
                limits: Limits, timeout_s: float | None,
                also: Callable[[Line], None] | None = None) -> tuple[Completed, FfmpegLog]:
-    """Run one tool; raise what :func:`.errors_map.classify` makes of a failure."""
-    log = FfmpegLog(_spellings(paths), also)
+    """Run one tool; raise what :func:`.errors_map.classify` makes of a failure.
+    ``paths[0]`` is the input (the one a user gave); the rest are outputs and
+    the binding's own files."""
+    log = FfmpegLog(_spellings(paths), also, inputs=_spellings(paths[:1]))
     done = await run(argv, limits=limits, timeout_s=timeout_s, on_stderr_line=log.feed)
     error = classify(os.path.basename(argv[0]), done, log, limits=limits)
     if error is not None:

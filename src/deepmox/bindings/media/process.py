@@ -37,7 +37,7 @@ from typing import Final
 import msgspec
 import trio
 
-from ...config import CPU_S, MEMORY_BYTES, LimitsConfig
+from ...config import CPU_S, MAX_HEIGHT, MAX_WIDTH, MEMORY_BYTES, LimitsConfig
 from ...errors import MediaBudgetError, MediaUnavailableError
 
 #: how much of the end of stderr :class:`Completed` keeps for error messages
@@ -67,14 +67,19 @@ class Limits(msgspec.Struct, frozen=True, kw_only=True):
     memory_bytes: int | None = MEMORY_BYTES
     #: CPU time (RLIMIT_CPU) over all the child's threads, in seconds
     cpu_s: int | None = CPU_S
+    #: the largest frame a decoder may allocate, in pixels (ffmpeg's
+    #: ``-max_pixels``, given to every input): a few bytes of header that
+    #: declare 16000x16000 frames are refused before they cost gigabytes
+    max_pixels: int | None = MAX_WIDTH * MAX_HEIGHT
 
     @classmethod
     def from_config(cls, cfg: LimitsConfig) -> Limits:
-        return cls(memory_bytes=cfg.memory_bytes, cpu_s=cfg.cpu_s)
+        return cls(memory_bytes=cfg.memory_bytes, cpu_s=cfg.cpu_s,
+                   max_pixels=cfg.max_width * cfg.max_height)
 
 
 DEFAULT_LIMITS: Final = Limits()
-NO_LIMITS: Final = Limits(memory_bytes=None, cpu_s=None)
+NO_LIMITS: Final = Limits(memory_bytes=None, cpu_s=None, max_pixels=None)
 
 
 class Completed(msgspec.Struct, frozen=True, kw_only=True):
