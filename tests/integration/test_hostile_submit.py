@@ -321,6 +321,36 @@ def test_raw_requests_get_a_4xx_or_a_job(daemon: Hostile, req: tuple[str, bytes,
     assert WRITE_TOKEN.encode() not in answer.body
 
 
+@pytest.mark.parametrize("raw", [
+    b"POST /v1/jobs HTTP/1.1\r\nhost: x\r\nidempotency-key: a\x00b\r\n\r\n",
+    b"POST /v1/jobs HTTP/1.1\r\nhost: x\r\nx-a: " + b"k" * 70_000 + b"\r\n\r\n",
+    b"GET /v1/jobs?" + b"a=1&" * 20_000 + b" HTTP/1.1\r\nhost: x\r\n\r\n",
+    b"GET / HTTP/1.1\r\n" + b"".join(b"x-%d: 1\r\n" % i for i in range(2000)) + b"\r\n",
+    b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03",  # a TLS hello
+    b"GARBAGE\r\n\r\n",
+    b"POST /v1/jobs HTTP/1.1\r\nhost: x\r\ncontent-length: -1\r\n\r\n",
+    b"POST /v1/jobs HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\nzz\r\n",
+])
+def test_what_is_not_http_is_refused_by_the_server(daemon: Hostile, raw: bytes) -> None:
+    """Refused by hypercorn before the app (so not with deepmox's JSON), never
+    a 5xx; and the daemon answers the next request."""
+    with socket.create_connection(("127.0.0.1", daemon.port), timeout=SOCKET_TIMEOUT_S) as s:
+        answer = b""
+        try:
+            s.sendall(raw)
+            s.shutdown(socket.SHUT_WR)
+        except OSError:  # the server answered and closed before all of it was sent
+            pass
+        try:
+            answer = b"".join(iter(lambda: s.recv(65536), b""))
+        except OSError:  # reset: the unread rest of the request
+            pass
+    if answer:
+        assert answer.startswith(b"HTTP/1.1 4"), answer[:200]
+    health = request(daemon.port, b"GET /healthz HTTP/1.1\r\nhost: x", b"")
+    assert health.status == 200
+
+
 # -- the command line ---------------------------------------------------------------------
 
 @pytest.fixture
