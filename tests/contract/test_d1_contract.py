@@ -105,3 +105,13 @@ async def test_http_200_that_is_not_d1_json_is_transient(body: bytes) -> None:
             await d1.execute("SELECT 1")
     finally:
         await d1.aclose()
+
+
+@pytest.mark.parametrize("value", [2**70, "lone \ud800 surrogate"])
+async def test_sqlite_parameter_it_cannot_hold_is_permanent(sqlite_d1: SqliteD1,
+                                                            value: object) -> None:
+    # OverflowError and UnicodeEncodeError left the binding unclassified: in a
+    # pull cycle that stopped the daemon
+    with pytest.raises(D1QueryError, match="cannot be stored"):
+        await sqlite_d1.execute("SELECT ?", value)
+    assert (await sqlite_d1.execute("SELECT 1")).scalar() == 1

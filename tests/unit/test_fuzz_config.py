@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -371,3 +372,18 @@ def test_a_kind_module_that_cannot_be_imported_is_a_config_error(module: str) ->
 
     with pytest.raises(ConfigError, match=r"- at `\$\.supervisor\.kind_modules\[1\]`"):
         Registry.load(["json", module])
+
+
+def test_a_file_that_is_far_too_large_is_refused(tmp_path: Path) -> None:
+    # --config /dev/zero read until memory ran out
+    big = tmp_path / "big.toml"
+    big.write_bytes(b"# " + b"x" * config.MAX_CONFIG_BYTES + b"\n")
+    with pytest.raises(ConfigError, match="is it the right file"):
+        config.load(big)
+
+
+def test_a_path_that_is_not_printable_stays_on_one_line(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as info:
+        config.load(tmp_path / "a\nb.toml")
+    assert "\n" not in str(info.value)
+    assert "a\\nb.toml" in str(info.value)

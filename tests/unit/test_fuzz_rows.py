@@ -232,9 +232,15 @@ async def test_rows_of_the_wrong_types_are_listed_not_refused(
             "INSERT INTO jobs (id, kind, payload, state, priority, run_at, max_attempts, "
             "progress, created_at, updated_at) VALUES "
             "('odd', 'noop', '{}', 'running', 9.3e18, 'soon', 3, 'x', 0, 0)")
+        # a payload blob that is not UTF-8 (msgspec: UnicodeDecodeError)
+        await h.d1.execute(
+            "INSERT INTO jobs (id, kind, payload, state, run_at, max_attempts, created_at, "
+            "updated_at) VALUES ('blob', 'noop', ?, 'cancelled', 0, 3, 0, 0)", b'"\xff"')
         jobs = await h.client.list_jobs(limit=0)
         odd = await h.job("odd")
-    assert {j.id for j in jobs} == {good.id, "odd"}
+        blob = await h.job("blob")
+    assert {j.id for j in jobs} == {good.id, "odd", "blob"}
+    assert blob.payload == b'"\xff"'  # shown as it is stored
     assert (odd.state, odd.priority, odd.run_at, odd.progress) == ("failed", 0, 0.0, 0.0)
     assert "state='running'" in (odd.error_message or "")
     assert "priority=9.3e+18" in (odd.error_message or "")
