@@ -30,6 +30,7 @@ from .api.feed import FeedHub, ticker
 from .api.metrics import DaemonCollector
 from .api.server import serve_api
 from .api.surface import FleetView, daemon_routes, health_of, progress_messages
+from .bindings.ai import AI
 from .bindings.d1 import D1, open_d1
 from .bindings.d1.migrate import migrate
 from .bindings.r2 import open_r2
@@ -89,11 +90,13 @@ async def serve(cfg: Config, *, wall: Callable[[], float] = time.time,
     registry = Registry.load(cfg.supervisor.kind_modules)
     r2 = open_r2(cfg.r2)
     d1 = open_d1(cfg.d1)
+    ai = AI(cfg)
     try:
         applied = await migrate(d1, wall())
         for m in applied:
             log.info("applied migration %s", m.name, extra={"event": "migrated"})
-        supervisor = Supervisor(cfg, d1, registry, node=node, wall=wall, r2=r2)
+        ai.log_usability()
+        supervisor = Supervisor(cfg, d1, registry, node=node, wall=wall, r2=r2, ai=ai)
         client = Client(cfg, d1, registry, wall=wall, node=node, on_submit=supervisor.wake)
         daemon = Daemon(cfg, d1, supervisor, client, notifier)
         listener = WakeListener(cfg.d1.path, node) if cfg.d1.backend == "sqlite" else None
@@ -112,6 +115,7 @@ async def serve(cfg: Config, *, wall: Callable[[], float] = time.time,
         with trio.CancelScope(shield=True):
             await d1.aclose()
             await r2.aclose()
+            await ai.aclose()
 
 
 async def _run(cfg: Config, daemon: Daemon, view: FleetView, listener: WakeListener | None,
