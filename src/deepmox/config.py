@@ -377,7 +377,10 @@ def decode(text: str | bytes, *, source: str = "<config>") -> Config:
     try:
         cfg = msgspec.toml.decode(text, type=Config)
     except msgspec.ValidationError as exc:
-        raise ConfigError(f"{source}: {exc}") from None
+        hint = ""
+        if "$.kinds[...]" in str(exc):
+            hint = ' (a kind whose name has a dot is quoted: [kinds."video.publish"])'
+        raise ConfigError(f"{source}: {exc}{hint}") from None
     except msgspec.DecodeError as exc:
         raise ConfigError(f"{source}: not valid TOML: {exc}") from None
     try:

@@ -13,7 +13,8 @@ Wire format
   ``authentication_error``; a body that is not a JSON object with ``model``,
   ``max_tokens`` and ``messages`` -> 400 ``invalid_request_error``; the rate
   limit; then the next scripted answer (FIFO, see :meth:`MessagesFake.queue`),
-  or :func:`ok` with :data:`DEFAULT_TEXT` when nothing is queued.
+  or, when nothing is queued, ``default`` (:func:`ok` with :data:`DEFAULT_TEXT`
+  unless given).
 * Success (200): ``{"id": "msg_...", "type": "message", "role": "assistant",
   "model": <requested model>, "content": [{"type": "text", "text": ...}],
   "stop_reason": "end_turn", "stop_sequence": null, "usage": {...}}``.
@@ -29,8 +30,8 @@ Rate limit
 (60 s unless a test compresses time) on :func:`trio.current_time` (a test's
 ``mock_clock`` drives it).  Over it -> 429 ``rate_limit_error`` with
 ``retry-after: <int seconds, >= 1>``; refused requests do not use the window.
-While a limit is set, every admitted answer carries the API's rate-limit
-headers: ``anthropic-ratelimit-requests-limit``, ``-remaining`` (after this
+While a limit is set (and unless ``rate_headers`` is false, an API that
+does not say), every admitted answer carries the API's rate-limit headers: ``anthropic-ratelimit-requests-limit``, ``-remaining`` (after this
 request) and ``-reset`` (RFC 3339: when the window is fully replenished, on
 the ``wall`` clock given).
 
@@ -210,18 +211,22 @@ def _error(
 
 class _MessagesApp:
     def __init__(self, *, script: Iterable[Answer], limit_per_minute: int | None,
-                 window_s: float = WINDOW_S, wall: Callable[[], float] = time.time) -> None:
+                 window_s: float = WINDOW_S, wall: Callable[[], float] = time.time,
+                 rate_headers: bool = True, default: Answer | None = None) -> None:
         if limit_per_minute is not None and limit_per_minute < 1:
             raise ValueError("limit_per_minute must be >= 1 (or None)")
         self.limit = limit_per_minute
         self.window_s = window_s
         self.wall = wall
+        self.rate_headers = rate_headers
+        self.default = default or ok()
         self.script: deque[Answer] = deque(script)
         self.admitted: deque[float] = deque()
         self.requests: list[ReceivedRequest] = []
         #: (trio time, status) of every answer
         self.log: list[tuple[float, int]] = []
         self.outage_until = -math.inf
+        self.outage_pending: float | None = None
         self.outage_status = 503
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -294,6 +299,8 @@ class _MessagesApp:
 
         limit_headers: list[tuple[str, str]] = []
         now = trio.current_time()
+        if self.outage_pending is not None:
+            self.outage_until, self.outage_pending = now + self.outage_pending, None
         if self.limit is not None:
             while self.admitted and self.admitted[0] <= now - self.window_s:
                 self.admitted.popleft()
@@ -307,6 +314,7 @@ class _MessagesApp:
                     [("retry-after", str(retry_after))],
                 )
             self.admitted.append(now)
+        if self.limit is not None and self.rate_headers:
             reset = datetime.datetime.fromtimestamp(
                 self.wall() + self.window_s, tz=datetime.UTC)
             limit_headers = [
@@ -319,7 +327,7 @@ class _MessagesApp:
             return 0.0, _error(self.outage_status, "api_error", "Service Unavailable",
                                limit_headers)
 
-        answer = self.script.popleft() if self.script else ok()
+        answer = self.script.popleft() if self.script else self.default
         if answer.text is None:
             assert answer.error_type is not None
             return answer.delay, _error(
@@ -372,10 +380,15 @@ class MessagesFake:
         """Script the next answers (FIFO, after any already queued)."""
         self._app.script.extend(answers)
 
-    def outage(self, seconds: float, status: int = 503) -> None:
-        """Answer ``status`` to every admitted request for the next ``seconds``."""
+    def outage(self, seconds: float, status: int = 503, *, from_next_request: bool = False
+               ) -> None:
+        """Answer ``status`` to every admitted request for the next ``seconds``
+        (``from_next_request``: counted from the next request that arrives)."""
         self._app.outage_status = status
-        self._app.outage_until = trio.current_time() + seconds
+        if from_next_request:
+            self._app.outage_pending = seconds
+        else:
+            self._app.outage_until = trio.current_time() + seconds
 
     def most_in_window(self, window_s: float | None = None) -> int:
         """The most answers (any status) in any window of ``window_s`` (default:
@@ -427,6 +440,8 @@ async def serve_messages(
     limit_per_minute: int | None = None,
     window_s: float = WINDOW_S,
     wall: Callable[[], float] = time.time,
+    rate_headers: bool = True,
+    default: Answer | None = None,
     host: str = "127.0.0.1",
     port: int = 0,
 ) -> MessagesFake:
@@ -442,6 +457,7 @@ async def serve_messages(
     config.graceful_timeout = 1.0
     config.include_server_header = False
     fake = MessagesFake(_MessagesApp(script=script, limit_per_minute=limit_per_minute,
-                                     window_s=window_s, wall=wall))
+                                     window_s=window_s, wall=wall,
+                                     rate_headers=rate_headers, default=default))
     started: MessagesFake = await nursery.start(fake._run, config)
     return started

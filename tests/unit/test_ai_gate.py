@@ -159,17 +159,21 @@ async def test_holds_grow_with_each_strike_up_to_the_maximum(autojump_clock: Moc
     assert g.strikes == 7
 
 
-async def test_after_a_strike_one_probe_then_everyone(autojump_clock: MockClock) -> None:
+async def test_after_a_strike_one_probe_then_a_growing_window(
+        autojump_clock: MockClock) -> None:
     g, throttles = gate(max_concurrent=8, hold_base_s=2.0), {}
     await failing_call(g, Ctx(throttles), unavailable())
     held_until = throttles[UP] - BASE
     starts: list[float] = []
     async with trio.open_nursery() as n:
-        for _ in range(5):
-            n.start_soon(ok_call, g, Ctx(throttles), 3.0, starts)
-    # the probe goes when the hold ends; the others only once it answered
-    assert sorted(starts) == [held_until] + [held_until + 3.0] * 4
+        for _ in range(7):
+            n.start_soon(ok_call, g, Ctx(throttles, budget_s=100), 3.0, starts)
+    # the probe goes when the hold ends; then the window grows by one per
+    # window's worth of answers: 1, then 2, 2 (2.5), 2 (2.9), 3 (3.2) ...
+    h = held_until
+    assert sorted(starts) == [h, h + 3, h + 3, h + 6, h + 6, h + 9, h + 9]
     assert g.strikes == 0
+    assert g.statistics().window == 4  # 1 + 1/1 + 2 * 1/2 + ... after 7 answers
 
 
 async def test_a_failed_probe_holds_again_longer(autojump_clock: MockClock) -> None:

@@ -62,9 +62,11 @@ def parse_rate(headers: Mapping[str, str]) -> RateInfo | None:
     reset = headers.get("anthropic-ratelimit-requests-reset")
     if remaining is None or reset is None:
         return None
+    limit = headers.get("anthropic-ratelimit-requests-limit")
     try:
         when = datetime.datetime.fromisoformat(reset.replace("Z", "+00:00"))
-        return RateInfo(remaining=int(remaining), reset_at=when.timestamp())
+        return RateInfo(remaining=int(remaining), reset_at=when.timestamp(),
+                        limit=int(limit) if limit is not None else None)
     except ValueError:
         return None
 

@@ -9,11 +9,16 @@ Before every call an actor passes the gate; in this order it waits for:
 2. **a probe**: after a failure, one call at a time finds out whether the
    upstream is back; the others wait for its answer;
 3. **the upstream's own count** (``requests-remaining`` headers): nothing is
-   sent when it says none are left, until it is replenished; and no more than
-   half of what remains is in flight at once, so that two daemons reading the
-   same count do not both spend it;
+   sent when it says none are left (less a reserve of a twentieth of the
+   limit, at most ``max_concurrent``, for what other daemons have in flight),
+   until it is replenished; and no more than half of what remains is in flight
+   at once, so that two daemons reading the same count do not both spend it;
 4. **``requests_per_minute``**: at most that many calls start in any 60 s;
-5. **``max_concurrent``**: at most that many calls in flight.
+5. **the congestion window**: after a strike, one call in flight, growing by
+   one per window's worth of answers (additive increase) up to
+   ``max_concurrent``; a strike drops it back to one. An upstream that
+   throttles without saying how much is left is found out one call at a time,
+   not by a burst of ``max_concurrent`` calls each time it lets a few through.
 
 After the call, the gate reads what happened (:meth:`Gate.call`): a failure
 (429, 529, 5xx, a timeout, a CLI that crashed) is a *strike*: the upstream is
@@ -58,6 +63,8 @@ class GateStatistics(msgspec.Struct, frozen=True, kw_only=True):
     failed: int
     #: the upstream's count of requests left, as last read (``None``: not known)
     remaining: int | None
+    #: calls allowed in flight now
+    window: int
 
 
 @dataclass
@@ -90,7 +97,10 @@ class Gate:
         self._probe: trio.Event | None = None
         #: requests left by the upstream's count, less what was sent since
         self._left: int | None = None
+        self._reserve = 0
         self._reset_at = 0.0
+        #: calls allowed in flight (the congestion window), see the module docstring
+        self._window = float(self.max_concurrent)
         self.in_flight = 0
         self.sent = self.answered_total = self.failed = 0
         #: set (and replaced) whenever a call leaves the gate
@@ -100,7 +110,7 @@ class Gate:
         return GateStatistics(
             upstream=self.upstream, in_flight=self.in_flight, strikes=self.strikes,
             probing=self._probe is not None, sent=self.sent, answered=self.answered_total,
-            failed=self.failed, remaining=self._left)
+            failed=self.failed, remaining=self._left, window=int(self._window))
 
     # -- admission -----------------------------------------------------------------
 
@@ -116,9 +126,10 @@ class Gate:
         if wall >= self._reset_at:
             self._left = None
             return None
-        if self._left <= 0:
+        left = self._left - self._reserve
+        if left <= 0:
             return self._reset_at - wall
-        if self.in_flight and self.in_flight * 2 >= self._left:
+        if self.in_flight and self.in_flight * 2 >= left:
             return 0.0  # half of what is left is in flight: wait for an answer
         return None
 
@@ -167,10 +178,14 @@ class Gate:
             if rate is not None:
                 await ctx.wait_until(wall + rate)
                 continue
+            if self.in_flight >= int(self._window):
+                await self._bounded(ctx, self._wait_answer)
+                continue
             await self._bounded(ctx, self._slots.acquire)
             # the world may have changed while this actor waited for its slot
             if (self._probe is not None or self._blocked(ctx)
-                    or self._quota_wait(ctx.wall()) is not None or self._rate_wait() is not None):
+                    or self._quota_wait(ctx.wall()) is not None or self._rate_wait() is not None
+                    or self.in_flight >= int(self._window)):
                 self._slots.release()
                 continue
             probing = self.strikes > 0
@@ -204,6 +219,7 @@ class Gate:
             return 0.0
         self._generation += 1
         self.strikes += 1
+        self._window = 1.0
         hold = retry_after if retry_after is not None else self._hold_s()
         ctx.block(self.upstream, ctx.wall() + hold, reason)
         return hold
@@ -211,9 +227,11 @@ class Gate:
     def _answered(self, ticket: Ticket, rate: RateInfo | None, wall: float) -> None:
         self.answered_total += 1
         self.strikes = 0
+        self._window = min(float(self.max_concurrent), self._window + 1.0 / self._window)
         if rate is not None and rate.reset_at > wall:
             # the calls still in flight may not be in the upstream's count yet
             self._left = rate.remaining - (self.in_flight - 1)
+            self._reserve = min(self.max_concurrent, (rate.limit or 0) // 20)
             self._reset_at = rate.reset_at
 
     @asynccontextmanager

@@ -72,6 +72,8 @@ class RateInfo(msgspec.Struct, frozen=True):
     remaining: int
     #: wall-clock time (Unix seconds) when the limit is fully replenished
     reset_at: float
+    #: requests the limit allows per period, when the upstream says
+    limit: int | None = None
 
 
 class Completion(msgspec.Struct, frozen=True):
