@@ -37,12 +37,11 @@ from typing import Any
 import trio
 
 from _harness import ROOT, Daemon, prepare, record, sqlite_config, workdir, write_config
-
 from deepmox.client import JobSpec, open_client
 from deepmox.config import Config
 
 sys.path.insert(0, str(ROOT))
-from tests.fakes.messages_server import MessagesFake, ok, serve_messages  # noqa: E402
+from tests.fakes.messages_server import MessagesFake, ok, serve_messages
 
 KEY = "sk-made-up-for-the-storm-bench"
 ANSWER = json.dumps({"title": "Bread and ovens", "summary": "A talk about bread and ovens.",
@@ -180,7 +179,8 @@ then 429 with retry-after over its limit; deepmox has no request limit of its ow
 configured, `max_concurrent` 8 per daemon; targets: at most 1.5 requests per job, at most the
 limit + 10% in any window, every job completed)
 
-| rate headers | jobs | requests | per job | most in any {a['window_s']:g} s | 503s | 429s | completed | seconds |
+| rate headers | jobs | requests | per job | most in any {a['window_s']:g} s | 503s | 429s \
+| completed | seconds |
 |---|---:|---:|---:|---:|---:|---:|---:|---:|
 {rows}
 

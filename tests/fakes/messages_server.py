@@ -31,9 +31,10 @@ Rate limit
 ``mock_clock`` drives it).  Over it -> 429 ``rate_limit_error`` with
 ``retry-after: <int seconds, >= 1>``; refused requests do not use the window.
 While a limit is set (and unless ``rate_headers`` is false, an API that
-does not say), every admitted answer carries the API's rate-limit headers: ``anthropic-ratelimit-requests-limit``, ``-remaining`` (after this
-request) and ``-reset`` (RFC 3339: when the window is fully replenished, on
-the ``wall`` clock given).
+does not say), every admitted answer carries the API's rate-limit headers:
+``anthropic-ratelimit-requests-limit``, ``-remaining`` (after this request)
+and ``-reset`` (RFC 3339: when the window is fully replenished, on the
+``wall`` clock given).
 
 Outage
 ------

@@ -10,6 +10,7 @@ object key is listed exactly; the fake's received requests are asserted.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import shutil
@@ -137,7 +138,7 @@ async def test_a_hanging_cli_is_killed_at_the_budget(cluster: Cluster, tmp_path:
     events = query(cluster.db, "SELECT type, ts FROM job_events WHERE job_id = ? ORDER BY id",
                    job_id)
     runs = []
-    for (t0, ts0), (t1, ts1) in zip(events, events[1:], strict=False):
+    for (t0, ts0), (t1, ts1) in itertools.pairwise(events):
         if t0 == "claimed" and t1 in ("retry_scheduled", "failed"):
             runs.append(ts1 - ts0)
     assert len(runs) == 2, events
