@@ -176,8 +176,8 @@ def main() -> None:
 {a['daemons']} daemons on one SQLite file; the Messages API fake allows {a['limit']} requests
 per sliding {a['window_s']:g} s, answers 503 to everything for the first {a['outage_s']:g} s,
 then 429 with retry-after over its limit; deepmox has no request limit of its own
-configured, `max_concurrent` 8 per daemon; targets: at most 1.5 requests per job, at most the
-limit + 10% in any window, every job completed)
+configured, `max_concurrent` 4 per daemon (the default); targets: at most 1.5 requests
+per job, at most the limit + 10% in any window, every job completed)
 
 | rate headers | jobs | requests | per job | most in any {a['window_s']:g} s | 503s | 429s \
 | completed | seconds |

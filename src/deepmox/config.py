@@ -63,7 +63,7 @@ CLAUDE_CLI_PATH = "claude"
 CLAUDE_CLI_MAX_CONCURRENT = 2
 ANTHROPIC_MODEL = "claude-sonnet-5-5"
 ANTHROPIC_MAX_TOKENS = 2048
-ANTHROPIC_MAX_CONCURRENT = 8
+ANTHROPIC_MAX_CONCURRENT = 4
 #: Anthropic's tier-1 request limit: a fresh install never asks for more
 ANTHROPIC_REQUESTS_PER_MINUTE = 50
 

@@ -14,6 +14,7 @@ and systemd restarts the service); ``STOPPING=1`` when the drain starts.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import signal
 import sys
@@ -26,6 +27,7 @@ import trio
 
 from ._sdnotify import Notifier
 from .actors.registry import Registry
+from .api.ai_metrics import ai_metrics
 from .api.feed import FeedHub, ticker
 from .api.metrics import DaemonCollector
 from .api.server import serve_api
@@ -135,8 +137,10 @@ async def _run(cfg: Config, daemon: Daemon, view: FleetView, listener: WakeListe
         nursery.start_soon(ticker, daemon.feed,
                            lambda: progress_messages(supervisor), _stats(view))
         if cfg.server.listen:
-            collector = DaemonCollector(supervisor, d1, r2, lambda: view.counts,
-                                        extra=lambda: _feed_metrics(daemon.feed))
+            ai = supervisor.bindings.require_ai()
+            collector = DaemonCollector(
+                supervisor, d1, r2, lambda: view.counts,
+                extra=lambda: itertools.chain(_feed_metrics(daemon.feed), ai_metrics(ai)))
             stuck_after = max(10.0, 5 * cfg.supervisor.poll_max_s, cfg.d1.timeout_s)
             daemon.api_address = await nursery.start(partial(
                 serve_api, cfg, client, health=health_of(supervisor, stuck_after),

@@ -32,7 +32,7 @@ from .transcode import Transcode, TranscodePayload, first_rendition, local_sourc
 
 log = logging.getLogger("deepmox.video")
 
-SCENE_THRESHOLD = 0.3
+SCENE_THRESHOLD = 0.2
 SCENE_SAMPLE_FPS = 4.0
 _Text = Annotated[str, msgspec.Meta(max_length=200_000)]
 

@@ -10,6 +10,7 @@ at start and shown by ``deepmox doctor``.
 from __future__ import annotations
 
 import logging
+import os
 import random
 from dataclasses import dataclass
 
@@ -17,7 +18,7 @@ import msgspec
 import trio
 
 from ...actors.kind import StepContext
-from ...config import Config
+from ...config import Config, secret
 from ...errors import AIError
 from .anthropic_api import AnthropicProvider
 from .claude_cli import ClaudeCliProvider
@@ -69,7 +70,12 @@ class AI:
         for name in self.order:
             provider: ModelProvider
             if name == "claude-cli":
-                provider = ClaudeCliProvider(ai.claude_cli, secret_names=ours)
+                # a key from a credential file reaches the CLI too (under
+                # systemd's DynamicUser it has no login of its own)
+                key_name = ai.anthropic.api_key_env
+                key = secret(key_name) if not os.environ.get(key_name) else None
+                provider = ClaudeCliProvider(ai.claude_cli, secret_names=ours,
+                                             extra_env={key_name: key} if key else None)
                 limits = (ai.claude_cli.max_concurrent, ai.claude_cli.requests_per_minute)
             elif name == "anthropic":
                 provider = AnthropicProvider(ai.anthropic)

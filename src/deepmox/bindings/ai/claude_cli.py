@@ -27,7 +27,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 import msgspec
@@ -119,9 +119,11 @@ class ClaudeCliProvider:
     name = NAME
     upstream = UPSTREAM
 
-    def __init__(self, cfg: ClaudeCliConfig, *, secret_names: Iterable[str] = ()) -> None:
+    def __init__(self, cfg: ClaudeCliConfig, *, secret_names: Iterable[str] = (),
+                 extra_env: Mapping[str, str] | None = None) -> None:
         self.cfg = cfg
         self._secret_names = tuple(secret_names)
+        self._extra_env = dict(extra_env or {})
         self.executable = shutil.which(cfg.path)
 
     def unusable(self) -> str | None:
@@ -140,7 +142,7 @@ class ClaudeCliProvider:
         try:
             done = await run(self.argv(), stdin=prompt.flat().encode(), limits=NO_LIMITS,
                              timeout_s=max(0.1, timeout_s), cwd=workdir,
-                             env=child_env(self._secret_names))
+                             env={**child_env(self._secret_names), **self._extra_env})
         except MediaBudgetError as exc:
             raise AIUnavailableError(
                 f"claude did not answer within {timeout_s:.1f} s; its process group was "
