@@ -102,6 +102,7 @@ def classify(exc: anthropic.APIStatusError, now: float) -> Exception:
 class AnthropicProvider:
     name = NAME
     upstream = UPSTREAM
+    needs_workdir = False
 
     def __init__(self, cfg: AnthropicConfig, *,
                  wall: Callable[[], float] = time.time) -> None:
@@ -128,7 +129,8 @@ class AnthropicProvider:
         return round(usage.input_tokens / 1e6 * p.input_per_mtok
                      + usage.output_tokens / 1e6 * p.output_per_mtok, 8)
 
-    async def complete(self, prompt: Prompt, *, timeout_s: float, workdir: Path) -> Completion:
+    async def complete(self, prompt: Prompt, *, timeout_s: float,
+                       workdir: Path | None = None) -> Completion:
         client = self._open()
         messages: Any = [{"role": t.role, "content": t.text} for t in prompt.turns]
         try:

@@ -111,8 +111,10 @@ class AI:
         """One call of provider ``name`` through its gate."""
         provider, gate = self.models[name], self.gates[name]
         totals = self._totals[name]
-        workdir = ctx.scratch.path / f"ai-{name}"
-        await trio.Path(workdir).mkdir(exist_ok=True)
+        workdir = None
+        if provider.needs_workdir:
+            workdir = ctx.scratch.path / f"ai-{name}"
+            await trio.Path(workdir).mkdir(exist_ok=True)
         totals.calls += 1
         try:
             async with gate.call(ctx) as ticket:

@@ -118,6 +118,7 @@ def child_env(secret_names: Iterable[str]) -> dict[str, str]:
 class ClaudeCliProvider:
     name = NAME
     upstream = UPSTREAM
+    needs_workdir = True
 
     def __init__(self, cfg: ClaudeCliConfig, *, secret_names: Iterable[str] = (),
                  extra_env: Mapping[str, str] | None = None) -> None:
@@ -136,7 +137,8 @@ class ClaudeCliProvider:
         model = ["--model", self.cfg.model] if self.cfg.model else []
         return [self.executable, "-p", "--output-format", "json", *model, *self.cfg.extra_args]
 
-    async def complete(self, prompt: Prompt, *, timeout_s: float, workdir: Path) -> Completion:
+    async def complete(self, prompt: Prompt, *, timeout_s: float,
+                       workdir: Path | None) -> Completion:
         if self.executable is None:
             raise AIPermanentError(self.unusable() or "claude is not usable")
         try:

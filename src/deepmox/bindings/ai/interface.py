@@ -90,14 +90,18 @@ class ModelProvider(Protocol):
     name: str
     #: the throttle every node shares for it (``ai:<name>``)
     upstream: str
+    #: whether :meth:`complete` needs its ``workdir`` (a child process runs there)
+    needs_workdir: bool
 
     def unusable(self) -> str | None:
         """Why this provider cannot be used on this machine, or ``None``."""
         ...
 
-    async def complete(self, prompt: Prompt, *, timeout_s: float, workdir: Path) -> Completion:
+    async def complete(self, prompt: Prompt, *, timeout_s: float,
+                       workdir: Path | None) -> Completion:
         """One call. ``timeout_s`` comes from the actor's remaining budget;
-        ``workdir`` is an empty folder of the actor's own."""
+        ``workdir`` is an empty folder of the actor's own for a provider that
+        ``needs_workdir``, else ``None``."""
         ...
 
     async def aclose(self) -> None: ...
