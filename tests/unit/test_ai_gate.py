@@ -278,3 +278,14 @@ async def test_a_cancelled_probe_lets_the_next_one_go(autojump_clock: MockClock)
     starts: list[float] = []
     await ok_call(g, Ctx(throttles), 0.0, log=starts)
     assert starts == [5.0]
+
+
+async def test_a_hold_set_elsewhere_also_ends_with_a_probe(autojump_clock: MockClock) -> None:
+    g = gate(max_concurrent=8)
+    throttles = {UP: BASE + 4.0}  # another daemon's strike, read from D1
+    starts: list[float] = []
+    async with trio.open_nursery() as n:
+        for _ in range(3):
+            n.start_soon(ok_call, g, Ctx(throttles), 1.0, starts)
+    assert sorted(starts) == [4.0, 5.0, 5.0]
+    assert g.strikes == 0

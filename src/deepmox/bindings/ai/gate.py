@@ -6,8 +6,9 @@ Before every call an actor passes the gate; in this order it waits for:
 1. **the shared throttle** (``throttles`` in D1, read every housekeeping
    cycle, extended at once on this daemon): inside the remaining budget the
    actor waits, otherwise the job continues when it ends (no attempt used);
-2. **a probe**: after a failure, one call at a time finds out whether the
-   upstream is back; the others wait for its answer;
+2. **a probe**: after a failure, or a hold of the upstream that another
+   daemon set, one call at a time finds out whether the upstream is back; the
+   others wait for its answer;
 3. **the upstream's own count** (``requests-remaining`` headers): nothing is
    sent when it says none are left (less a reserve of a twentieth of the
    limit, at most ``max_concurrent``, for what other daemons have in flight),
@@ -93,6 +94,8 @@ class Gate:
         self._slots = trio.Semaphore(self.max_concurrent)
         self._starts: deque[float] = deque()
         self.strikes = 0
+        #: the upstream was held (by anyone) since the last answer
+        self._held = False
         self._generation = 0
         self._probe: trio.Event | None = None
         #: requests left by the upstream's count, less what was sent since
@@ -161,6 +164,9 @@ class Gate:
 
     async def _admit(self, ctx: StepContext) -> Ticket:
         while True:
+            if self._blocked(ctx):
+                # held, maybe by another daemon's strike: probe when it ends
+                self._held = True
             await ctx.wait_throttle(self.upstream)
             if self._probe is not None:
                 probe = self._probe
@@ -188,7 +194,7 @@ class Gate:
                     or self.in_flight >= int(self._window)):
                 self._slots.release()
                 continue
-            probing = self.strikes > 0
+            probing = self.strikes > 0 or self._held
             if probing:
                 self._probe = trio.Event()
             if self.requests_per_minute:
@@ -227,6 +233,7 @@ class Gate:
     def _answered(self, ticket: Ticket, rate: RateInfo | None, wall: float) -> None:
         self.answered_total += 1
         self.strikes = 0
+        self._held = False
         self._window = min(float(self.max_concurrent), self._window + 1.0 / self._window)
         if rate is not None and rate.reset_at > wall:
             # the calls still in flight may not be in the upstream's count yet
