@@ -325,9 +325,38 @@ async def _doctor(cfg: config.Config, args: argparse.Namespace) -> int:
         checks.append(("d1 reachable", False, str(exc)))
     for tool in ("ffmpeg", "ffprobe"):
         path = shutil.which(tool)
-        checks.append((tool, True, path or "not on PATH (needed by the video kinds, not yet)"))
+        checks.append((tool, path is not None, path or "not on PATH: video.transcode and "
+                       "video.publish jobs fail until it is installed (apt-get install ffmpeg)"))
+    checks += _ai_checks(cfg)
     doctor_report(checks)
     return EXIT_OK if all(ok for _, ok, _ in checks) else EXIT_FAILURE
+
+
+def _ai_checks(cfg: config.Config) -> list[tuple[str, bool, str]]:
+    """One line per configured AI provider: usable here, or why it is skipped.
+    Skipping one is not a failure; having none usable is."""
+    from .bindings.ai import AI
+
+    ai = AI(cfg)
+    out: list[tuple[str, bool, str]] = []
+    for name in ai.order:
+        reason = ai.unusable(name)
+        if reason is not None:
+            out.append((f"ai provider {name}", True, f"skipped: {reason}"))
+            continue
+        if name == "claude-cli":
+            c = cfg.ai.claude_cli
+            detail = f"{shutil.which(c.path)}" + (f", model {c.model}" if c.model else "")
+        elif name == "anthropic":
+            base = os.environ.get("ANTHROPIC_BASE_URL") or "https://api.anthropic.com"
+            detail = f"model {cfg.ai.anthropic.model} at {base}"
+        else:
+            detail = "offline, deterministic"
+        out.append((f"ai provider {name}", True, f"usable: {detail}"))
+    if all(ai.unusable(n) is not None for n in ai.order):
+        out.append(("ai", False, "no configured provider is usable: ai.describe and "
+                    "video.publish jobs will fail (add \"heuristic\" to [ai] providers)"))
+    return out
 
 
 def _config_source(args: argparse.Namespace) -> str:

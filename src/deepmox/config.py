@@ -58,6 +58,19 @@ MAX_DEFERRAL_S = 3600.0
 MAX_PAYLOAD_BYTES = 256 * 1024
 SERVER_LISTEN = "127.0.0.1:8787"
 
+AI_MAX_CONTEXT_CHARS = 20_000
+#: a failing upstream is held for this long after its first failure, doubling
+#: with each further one, up to the maximum
+AI_HOLD_BASE_S = 1.0
+AI_HOLD_MAX_S = 60.0
+CLAUDE_CLI_PATH = "claude"
+CLAUDE_CLI_MAX_CONCURRENT = 2
+ANTHROPIC_MODEL = "claude-sonnet-5-5"
+ANTHROPIC_MAX_TOKENS = 2048
+ANTHROPIC_MAX_CONCURRENT = 4
+#: Anthropic's tier-1 request limit: a fresh install never asks for more
+ANTHROPIC_REQUESTS_PER_MINUTE = 50
+
 #: the largest whole number any setting may hold: what a JSON number (D1's
 #: REST API is JavaScript) carries exactly, and far above every real limit
 MAX_INT = 2**53 - 1
@@ -199,18 +212,96 @@ class ServerConfig(_Section, frozen=True):
     max_body_bytes: int = MAX_PAYLOAD_BYTES
 
 
+ProviderName = Literal["claude-cli", "anthropic", "heuristic"]
+AI_PROVIDERS: tuple[ProviderName, ...] = ("claude-cli", "anthropic", "heuristic")
+
+
+class PriceConfig(_Section, frozen=True):
+    """What one model costs, in US dollars per million tokens."""
+
+    input_per_mtok: float
+    output_per_mtok: float
+
+
+#: list prices (USD per million tokens) of current models; ``[ai.anthropic.prices]``
+#: adds models or overrides these
+DEFAULT_PRICES: dict[str, PriceConfig] = {
+    "claude-sonnet-5-5": PriceConfig(input_per_mtok=2.0, output_per_mtok=10.0),
+    "claude-sonnet-5": PriceConfig(input_per_mtok=2.0, output_per_mtok=10.0),
+    "claude-opus-5-5": PriceConfig(input_per_mtok=4.0, output_per_mtok=20.0),
+    "claude-opus-5": PriceConfig(input_per_mtok=5.0, output_per_mtok=25.0),
+    "claude-haiku-5-5": PriceConfig(input_per_mtok=0.10, output_per_mtok=0.50),
+    "claude-sonnet-4-5": PriceConfig(input_per_mtok=3.0, output_per_mtok=15.0),
+    "claude-haiku-4-5": PriceConfig(input_per_mtok=1.0, output_per_mtok=5.0),
+}
+
+
+class ClaudeCliConfig(_Section, frozen=True):
+    """``[ai.claude-cli]``: the ``claude`` CLI in print mode."""
+
+    #: the executable, a name looked up on PATH or a path
+    path: str = CLAUDE_CLI_PATH
+    #: passed as ``--model``; "" keeps the CLI's own default
+    model: str = ""
+    #: more arguments, after ``-p --output-format json``
+    extra_args: list[str] = msgspec.field(default_factory=list)
+    #: calls running at once on this daemon
+    max_concurrent: int = CLAUDE_CLI_MAX_CONCURRENT
+    #: calls started per minute on this daemon; 0: no limit of deepmox's own
+    requests_per_minute: int = 0
+
+
+class AnthropicConfig(_Section, frozen=True):
+    """``[ai.anthropic]``: the Messages API through the anthropic SDK (its base
+    URL from the SDK's own ``ANTHROPIC_BASE_URL``)."""
+
+    model: str = ANTHROPIC_MODEL
+    max_tokens: int = ANTHROPIC_MAX_TOKENS
+    #: requests in flight at once on this daemon
+    max_concurrent: int = ANTHROPIC_MAX_CONCURRENT
+    #: requests started per minute on this daemon; 0: no limit of deepmox's own
+    requests_per_minute: int = ANTHROPIC_REQUESTS_PER_MINUTE
+    #: the environment variable (or credential file) holding the API key
+    api_key_env: str = "ANTHROPIC_API_KEY"
+    #: USD per million tokens by model, merged over :data:`DEFAULT_PRICES`
+    prices: dict[str, PriceConfig] = msgspec.field(default_factory=dict)
+
+    def price(self, model: str) -> PriceConfig | None:
+        return self.prices.get(model) or DEFAULT_PRICES.get(model)
+
+
+class AIConfig(_Section, frozen=True):
+    """``[ai]``: inference for ``ai.describe`` and ``video.publish``."""
+
+    #: tried in this order; a provider that is not usable here is skipped
+    providers: list[ProviderName] = msgspec.field(default_factory=lambda: list(AI_PROVIDERS))
+    #: the text given to a model is cut to this many characters
+    max_context_chars: int = AI_MAX_CONTEXT_CHARS
+    #: a failing upstream is held for everyone this long, doubling per failure
+    hold_base_s: float = AI_HOLD_BASE_S
+    hold_max_s: float = AI_HOLD_MAX_S
+    claude_cli: ClaudeCliConfig = msgspec.field(default_factory=ClaudeCliConfig,
+                                                name="claude-cli")
+    anthropic: AnthropicConfig = msgspec.field(default_factory=AnthropicConfig)
+
+
 class Config(_Section, frozen=True):
     d1: D1Config = msgspec.field(default_factory=D1Config)
     r2: R2Config = msgspec.field(default_factory=R2Config)
     server: ServerConfig = msgspec.field(default_factory=ServerConfig)
     limits: LimitsConfig = msgspec.field(default_factory=LimitsConfig)
     video: VideoConfig = msgspec.field(default_factory=VideoConfig)
+    ai: AIConfig = msgspec.field(default_factory=AIConfig)
     supervisor: SupervisorConfig = msgspec.field(default_factory=SupervisorConfig)
     kinds: dict[str, KindConfig] = msgspec.field(default_factory=dict)
 
-    def budget_for(self, kind: str) -> float:
+    def budget_for(self, kind: str, default: float | None = None) -> float:
+        """``[kinds.<kind>] budget_s``, else the kind's own ``default``, else
+        ``[supervisor] budget_s``."""
         k = self.kinds.get(kind)
-        return k.budget_s if k and k.budget_s is not None else self.supervisor.budget_s
+        if k and k.budget_s is not None:
+            return k.budget_s
+        return default if default is not None else self.supervisor.budget_s
 
     def max_attempts_for(self, kind: str) -> int:
         k = self.kinds.get(kind)
@@ -238,9 +329,9 @@ def key_path(*keys: str | int) -> str:
 def _leaves(value: Any, keys: tuple[str | int, ...] = ()
             ) -> list[tuple[tuple[str | int, ...], Any]]:
     """Every scalar setting in ``value`` with its keys."""
-    if isinstance(value, msgspec.Struct):
-        return [leaf for name in value.__struct_fields__
-                for leaf in _leaves(getattr(value, name), (*keys, name))]
+    if isinstance(value, msgspec.Struct):  # by the names the file uses ("claude-cli")
+        return [leaf for f in msgspec.structs.fields(value)
+                for leaf in _leaves(getattr(value, f.name), (*keys, f.encode_name))]
     if isinstance(value, dict):
         return [leaf for k, v in value.items() for leaf in _leaves(v, (*keys, k))]
     if isinstance(value, list):
@@ -315,6 +406,12 @@ def _check(cfg: Config) -> Config:
         "limits.memory_bytes": cfg.limits.memory_bytes,
         "limits.cpu_s": cfg.limits.cpu_s,
         "server.max_body_bytes": cfg.server.max_body_bytes,
+        "ai.max_context_chars": cfg.ai.max_context_chars,
+        "ai.hold_base_s": cfg.ai.hold_base_s,
+        "ai.hold_max_s": cfg.ai.hold_max_s,
+        "ai.claude-cli.max_concurrent": cfg.ai.claude_cli.max_concurrent,
+        "ai.anthropic.max_concurrent": cfg.ai.anthropic.max_concurrent,
+        "ai.anthropic.max_tokens": cfg.ai.anthropic.max_tokens,
     }
     if cfg.r2.multipart_threshold_bytes < 5 * 1024 * 1024:
         raise ConfigError("must be at least 5 MiB (5242880) - at "
@@ -347,9 +444,18 @@ def _check(cfg: Config) -> Config:
         "supervisor.lease_grace_s": s.lease_grace_s,
         "supervisor.drain_s": s.drain_s,
         "supervisor.max_deferral_s": s.max_deferral_s,
+        "ai.claude-cli.requests_per_minute": cfg.ai.claude_cli.requests_per_minute,
+        "ai.anthropic.requests_per_minute": cfg.ai.anthropic.requests_per_minute,
     }.items():
         if value < 0:
             raise ConfigError(f"Expected a number >= 0 - at `$.{key}`")
+    if not cfg.ai.providers:
+        raise ConfigError("name at least one provider - at `$.ai.providers`")
+    if len(set(cfg.ai.providers)) != len(cfg.ai.providers):
+        raise ConfigError("a provider is named twice - at `$.ai.providers`")
+    for model, price in cfg.ai.anthropic.prices.items():
+        if price.input_per_mtok < 0 or price.output_per_mtok < 0:
+            raise ConfigError(f"prices must be >= 0 - at `$.ai.anthropic.prices.{model}`")
     if s.poll_min_s > s.poll_max_s:
         raise ConfigError("poll_min_s must not exceed poll_max_s - at `$.supervisor.poll_min_s`")
     if cfg.d1.backend == "http":
@@ -368,22 +474,58 @@ _UNKNOWN = re.compile(r"Object contains unknown field `(?P<key>.*)`", re.DOTALL)
 
 def _located(exc: msgspec.ValidationError, raw: Any) -> str:
     """msgspec's message, with the path completed: an unknown key is named
-    in it (``$.supervisor.budget_sec``, not ``$.supervisor``), and a key of
-    ``[kinds.<name>]`` gets its kind's name instead of ``[...]``."""
+    in it (``$.supervisor.budget_sec``, not ``$.supervisor``), and a table of
+    named tables (``[kinds.<name>]``, ``[ai.anthropic.prices.<model>]``) gets
+    the name instead of msgspec's ``[...]``."""
     what, at = _split(str(exc))
-    if at.startswith(".kinds[...]") and isinstance(raw, dict):
-        kinds = raw.get("kinds")
-        for name, value in (kinds.items() if isinstance(kinds, dict) else ()):
-            try:
-                msgspec.convert(value, KindConfig)
-            except msgspec.ValidationError as inner:
-                what, rest = _split(str(inner))
-                at = key_path("kinds", name)[1:] + rest
-                break
+    keys: tuple[str, ...] = ()
+    while "[...]" in at:
+        found = _culprit(raw, at)
+        if found is None:
+            break
+        keys, at = found
     unknown = _UNKNOWN.fullmatch(what)
     if unknown is not None:
         what, at = "unknown key", at + key_path(unknown["key"])[1:]
+        kind = raw.get("kinds", {}).get(keys[1]) if keys[:1] == ("kinds",) else None
+        if len(keys) == 2 and isinstance(kind, dict) and \
+                isinstance(kind.get(unknown["key"]), dict):
+            # [kinds.video.publish] is a table "video" holding a table "publish"
+            what += (f' (a kind whose name has a dot is quoted: '
+                     f'[kinds."{keys[1]}.{unknown["key"]}"])')
     return f"{what} - at `${at}`"
+
+
+def _culprit(raw: Any, at: str) -> tuple[tuple[str, ...], str] | None:
+    """For a path with ``[...]`` (an entry of a named-table table, which msgspec
+    does not name), the entry's keys and the path with its name in: found by
+    converting the document again with that table cut down to one entry."""
+    prefix, _, _ = at.partition("[...]")
+    keys = [k for k in prefix.split(".") if k]
+    node = raw
+    for k in keys:
+        node = node.get(k) if isinstance(node, dict) else None
+    if not isinstance(node, dict):
+        return None
+    for name, value in node.items():
+        trial = _replaced(raw, keys, {name: value})
+        try:
+            msgspec.convert(trial, Config)
+        except msgspec.ValidationError as inner:
+            _, inner_at = _split(str(inner))
+            if inner_at.startswith(prefix + "[...]"):
+                named = key_path(*keys, name)[1:]
+                return (*keys, name), named + inner_at[len(prefix) + len("[...]"):]
+    return None
+
+
+def _replaced(raw: dict[str, Any], keys: list[str], value: Any) -> dict[str, Any]:
+    """A copy of ``raw`` with the table at ``keys`` replaced by ``value``."""
+    if not keys:
+        return value  # type: ignore[no-any-return]
+    out = dict(raw)
+    out[keys[0]] = _replaced(raw[keys[0]], keys[1:], value)
+    return out
 
 
 def _split(message: str) -> tuple[str, str]:

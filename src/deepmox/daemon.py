@@ -14,6 +14,7 @@ and systemd restarts the service); ``STOPPING=1`` when the drain starts.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import signal
 import sys
@@ -26,10 +27,12 @@ import trio
 
 from ._sdnotify import Notifier
 from .actors.registry import Registry
+from .api.ai_metrics import ai_metrics
 from .api.feed import FeedHub, ticker
 from .api.metrics import DaemonCollector
 from .api.server import serve_api
 from .api.surface import FleetView, daemon_routes, health_of, progress_messages
+from .bindings.ai import AI
 from .bindings.d1 import D1, open_d1
 from .bindings.d1.migrate import migrate
 from .bindings.r2 import open_r2
@@ -89,11 +92,13 @@ async def serve(cfg: Config, *, wall: Callable[[], float] = time.time,
     registry = Registry.load(cfg.supervisor.kind_modules)
     r2 = open_r2(cfg.r2)
     d1 = open_d1(cfg.d1)
+    ai = AI(cfg)
     try:
         applied = await migrate(d1, wall())
         for m in applied:
             log.info("applied migration %s", m.name, extra={"event": "migrated"})
-        supervisor = Supervisor(cfg, d1, registry, node=node, wall=wall, r2=r2)
+        ai.log_usability()
+        supervisor = Supervisor(cfg, d1, registry, node=node, wall=wall, r2=r2, ai=ai)
         client = Client(cfg, d1, registry, wall=wall, node=node, on_submit=supervisor.wake)
         daemon = Daemon(cfg, d1, supervisor, client, notifier)
         listener = WakeListener(cfg.d1.path, node) if cfg.d1.backend == "sqlite" else None
@@ -112,6 +117,7 @@ async def serve(cfg: Config, *, wall: Callable[[], float] = time.time,
         with trio.CancelScope(shield=True):
             await d1.aclose()
             await r2.aclose()
+            await ai.aclose()
 
 
 async def _run(cfg: Config, daemon: Daemon, view: FleetView, listener: WakeListener | None,
@@ -131,8 +137,10 @@ async def _run(cfg: Config, daemon: Daemon, view: FleetView, listener: WakeListe
         nursery.start_soon(ticker, daemon.feed,
                            lambda: progress_messages(supervisor), _stats(view))
         if cfg.server.listen:
-            collector = DaemonCollector(supervisor, d1, r2, lambda: view.counts,
-                                        extra=lambda: _feed_metrics(daemon.feed))
+            ai = supervisor.bindings.require_ai()
+            collector = DaemonCollector(
+                supervisor, d1, r2, lambda: view.counts,
+                extra=lambda: itertools.chain(_feed_metrics(daemon.feed), ai_metrics(ai)))
             stuck_after = max(10.0, 5 * cfg.supervisor.poll_max_s, cfg.d1.timeout_s)
             daemon.api_address = await nursery.start(partial(
                 serve_api, cfg, client, health=health_of(supervisor, stuck_after),

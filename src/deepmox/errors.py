@@ -186,3 +186,46 @@ class R2KeyError(R2PermanentError):
 
 class R2NotFoundError(R2PermanentError):
     """:meth:`get` or :meth:`get_bytes` of a key that holds no object."""
+
+
+# -- the AI binding's families --------------------------------------------------
+
+
+class AIError(JobError):
+    """Something went wrong asking an inference provider."""
+
+
+class AIUnavailableError(AIError, TransientError):
+    """The provider failed in passing: a 5xx, a reset connection, a timeout, a CLI
+    that crashed or printed something that is not its result. The job is retried
+    with backoff, and the provider's upstream is held for everyone for a growing
+    time, so that a failing API is probed, not stormed."""
+
+    def __init__(self, message: str, *, upstream: str) -> None:
+        super().__init__(message)
+        self.upstream = upstream
+
+
+class AIRateLimitedError(AIError, RateLimitedError):
+    """The provider is throttling: a 429 with ``retry-after``, or (``overloaded``)
+    a 529 or a 429 without a wait, for which the gate chooses a growing one."""
+
+    def __init__(self, message: str, *, upstream: str, retry_after: float,
+                 overloaded: bool = False) -> None:
+        super().__init__(message, upstream=upstream, retry_after=retry_after)
+        self.overloaded = overloaded
+
+
+class AIPermanentError(AIError, PermanentError):
+    """The provider refused the request for good: bad credentials, no credit, a
+    spend cap, a request it cannot take, an unknown model."""
+
+
+class AIInvalidOutputError(AIError, InvalidOutputError):
+    """A provider's answer failed validation, even after one repair request; the
+    next provider is tried. ``errors`` are the validation errors, readable."""
+
+    def __init__(self, message: str, *, provider: str, errors: list[str]) -> None:
+        super().__init__(message)
+        self.provider = provider
+        self.errors = errors

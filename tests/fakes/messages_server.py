@@ -13,7 +13,8 @@ Wire format
   ``authentication_error``; a body that is not a JSON object with ``model``,
   ``max_tokens`` and ``messages`` -> 400 ``invalid_request_error``; the rate
   limit; then the next scripted answer (FIFO, see :meth:`MessagesFake.queue`),
-  or :func:`ok` with :data:`DEFAULT_TEXT` when nothing is queued.
+  or, when nothing is queued, ``default`` (:func:`ok` with :data:`DEFAULT_TEXT`
+  unless given).
 * Success (200): ``{"id": "msg_...", "type": "message", "role": "assistant",
   "model": <requested model>, "content": [{"type": "text", "text": ...}],
   "stop_reason": "end_turn", "stop_sequence": null, "usage": {...}}``.
@@ -25,10 +26,23 @@ Wire format
 
 Rate limit
 ----------
-``limit_per_minute`` admitted requests per sliding 60 s window on
-:func:`trio.current_time` (a test's ``mock_clock`` drives it).  Over it -> 429
-``rate_limit_error`` with ``retry-after: <int seconds, >= 1>``; refused
-requests do not use the window.
+``limit_per_minute`` admitted requests per sliding window of ``window_s``
+(60 s unless a test compresses time) on :func:`trio.current_time` (a test's
+``mock_clock`` drives it).  Over it -> 429 ``rate_limit_error`` with
+``retry-after: <int seconds, >= 1>``; refused requests do not use the window.
+While a limit is set (and unless ``rate_headers`` is false, an API that
+does not say), every admitted answer carries the API's rate-limit headers:
+``anthropic-ratelimit-requests-limit``, ``-remaining`` (after this request)
+and ``-reset`` (RFC 3339: when the window is fully replenished, on the
+``wall`` clock given).
+
+Outage
+------
+:meth:`MessagesFake.outage` makes every admitted request answer
+``outage_status`` (503 ``api_error`` by default) for a while: the limit
+still counts them, as an API's front door does.
+
+Every answer's time and status are kept in :attr:`MessagesFake.log`.
 
 Entry point
 -----------
@@ -39,11 +53,13 @@ Entry point
 
 from __future__ import annotations
 
+import datetime
 import json
 import logging
 import math
 import secrets
 import string
+import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, MutableMapping
 from dataclasses import dataclass, field, replace
@@ -195,13 +211,24 @@ def _error(
 
 
 class _MessagesApp:
-    def __init__(self, *, script: Iterable[Answer], limit_per_minute: int | None) -> None:
+    def __init__(self, *, script: Iterable[Answer], limit_per_minute: int | None,
+                 window_s: float = WINDOW_S, wall: Callable[[], float] = time.time,
+                 rate_headers: bool = True, default: Answer | None = None) -> None:
         if limit_per_minute is not None and limit_per_minute < 1:
             raise ValueError("limit_per_minute must be >= 1 (or None)")
         self.limit = limit_per_minute
+        self.window_s = window_s
+        self.wall = wall
+        self.rate_headers = rate_headers
+        self.default = default or ok()
         self.script: deque[Answer] = deque(script)
         self.admitted: deque[float] = deque()
         self.requests: list[ReceivedRequest] = []
+        #: (trio time, status) of every answer
+        self.log: list[tuple[float, int]] = []
+        self.outage_until = -math.inf
+        self.outage_pending: float | None = None
+        self.outage_status = 503
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -231,6 +258,7 @@ class _MessagesApp:
         self.requests.append(ReceivedRequest(scope["method"], scope["path"], headers, body))
 
         delay, response = self._answer(scope["method"], scope["path"], headers, body)
+        self.log.append((trio.current_time(), response[0]))
         if delay > 0 and not await self._wait(delay, receive):
             return  # the client hung up while we were "thinking"
         status, out_headers, out_body = response
@@ -270,12 +298,15 @@ class _MessagesApp:
             if name not in body:
                 return 0.0, _error(400, "invalid_request_error", f"{name}: Field required")
 
+        limit_headers: list[tuple[str, str]] = []
+        now = trio.current_time()
+        if self.outage_pending is not None:
+            self.outage_until, self.outage_pending = now + self.outage_pending, None
         if self.limit is not None:
-            now = trio.current_time()
-            while self.admitted and self.admitted[0] <= now - WINDOW_S:
+            while self.admitted and self.admitted[0] <= now - self.window_s:
                 self.admitted.popleft()
             if len(self.admitted) >= self.limit:
-                retry_after = max(1, math.ceil(self.admitted[0] + WINDOW_S - now))
+                retry_after = max(1, math.ceil(self.admitted[0] + self.window_s - now))
                 return 0.0, _error(
                     429,
                     "rate_limit_error",
@@ -284,12 +315,25 @@ class _MessagesApp:
                     [("retry-after", str(retry_after))],
                 )
             self.admitted.append(now)
+        if self.limit is not None and self.rate_headers:
+            reset = datetime.datetime.fromtimestamp(
+                self.wall() + self.window_s, tz=datetime.UTC)
+            limit_headers = [
+                ("anthropic-ratelimit-requests-limit", str(self.limit)),
+                ("anthropic-ratelimit-requests-remaining", str(self.limit - len(self.admitted))),
+                ("anthropic-ratelimit-requests-reset",
+                 reset.isoformat(timespec="seconds").replace("+00:00", "Z")),
+            ]
+        if now < self.outage_until:
+            return 0.0, _error(self.outage_status, "api_error", "Service Unavailable",
+                               limit_headers)
 
-        answer = self.script.popleft() if self.script else ok()
+        answer = self.script.popleft() if self.script else self.default
         if answer.text is None:
             assert answer.error_type is not None
             return answer.delay, _error(
-                answer.status, answer.error_type, answer.message, answer.headers
+                answer.status, answer.error_type, answer.message,
+                [*limit_headers, *answer.headers]
             )
         payload = {
             "id": _ident("msg_01"),
@@ -307,7 +351,7 @@ class _MessagesApp:
                 "service_tier": "standard",
             },
         }
-        return answer.delay, _json(answer.status, payload, answer.headers)
+        return answer.delay, _json(answer.status, payload, [*limit_headers, *answer.headers])
 
 
 @dataclass
@@ -328,9 +372,36 @@ class MessagesFake:
     def pending(self) -> int:
         return len(self._app.script)
 
+    @property
+    def log(self) -> list[tuple[float, int]]:
+        """(trio time, status) of every answer, in order."""
+        return self._app.log
+
     def queue(self, *answers: Answer) -> None:
         """Script the next answers (FIFO, after any already queued)."""
         self._app.script.extend(answers)
+
+    def outage(self, seconds: float, status: int = 503, *, from_next_request: bool = False
+               ) -> None:
+        """Answer ``status`` to every admitted request for the next ``seconds``
+        (``from_next_request``: counted from the next request that arrives)."""
+        self._app.outage_status = status
+        if from_next_request:
+            self._app.outage_pending = seconds
+        else:
+            self._app.outage_until = trio.current_time() + seconds
+
+    def most_in_window(self, window_s: float | None = None) -> int:
+        """The most answers (any status) in any window of ``window_s`` (default:
+        the limit's window)."""
+        w = self._app.window_s if window_s is None else window_s
+        times = [t for t, _ in self._app.log]
+        best = lo = 0
+        for hi, t in enumerate(times):
+            while times[lo] <= t - w:
+                lo += 1
+            best = max(best, hi - lo + 1)
+        return best
 
     async def shutdown(self) -> None:
         self._shutdown.set()
@@ -368,6 +439,10 @@ async def serve_messages(
     *,
     script: Iterable[Answer] = (),
     limit_per_minute: int | None = None,
+    window_s: float = WINDOW_S,
+    wall: Callable[[], float] = time.time,
+    rate_headers: bool = True,
+    default: Answer | None = None,
     host: str = "127.0.0.1",
     port: int = 0,
 ) -> MessagesFake:
@@ -382,6 +457,8 @@ async def serve_messages(
     config.errorlog = SERVER_LOG
     config.graceful_timeout = 1.0
     config.include_server_header = False
-    fake = MessagesFake(_MessagesApp(script=script, limit_per_minute=limit_per_minute))
+    fake = MessagesFake(_MessagesApp(script=script, limit_per_minute=limit_per_minute,
+                                     window_s=window_s, wall=wall,
+                                     rate_headers=rate_headers, default=default))
     started: MessagesFake = await nursery.start(fake._run, config)
     return started

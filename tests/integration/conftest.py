@@ -119,7 +119,7 @@ class Cluster:
             "supervisor": {"node": node, **(supervisor or {})},
         }
         for name, values in (kinds or {}).items():
-            sections_out[f"kinds.{name}"] = values
+            sections_out[f'kinds."{name}"'] = values
         sections_out.update(sections or {})
         path = self.tmp_path / f"{node}.toml"
         path.write_text(toml(sections_out))
@@ -154,14 +154,16 @@ class Cluster:
         return config.decode(toml({"d1": self.d1_section(),
                                     "supervisor": {"node": "integration-test"}}))
 
-    async def submit(self, kind: str, payloads: Sequence[dict[str, Any]]) -> list[str]:
-        """Submit one ``kind`` job per payload, ``SUBMIT_CHUNK`` per request; their ids."""
+    async def submit(self, kind: str, payloads: Sequence[dict[str, Any]],
+                     **spec: Any) -> list[str]:
+        """Submit one ``kind`` job per payload, ``SUBMIT_CHUNK`` per request; their
+        ids. ``spec``: more fields of every job spec (``max_attempts``, ...)."""
         ids: list[str] = []
         async with open_client(self.client_config()) as client:
             for i in range(0, len(payloads), SUBMIT_CHUNK):
                 chunk = payloads[i:i + SUBMIT_CHUNK]
                 done = await client.submit_many(
-                    [(msgspec.convert({"kind": kind, "payload": p}, JobSpec), None)
+                    [(msgspec.convert({"kind": kind, "payload": p, **spec}, JobSpec), None)
                      for p in chunk])
                 ids.extend(job.id for job, _ in done)
         return ids

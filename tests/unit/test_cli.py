@@ -109,7 +109,19 @@ def test_doctor_reports_each_check(cli: Cli) -> None:
     out = cli("doctor")
     assert "d1 reachable" in out.stdout
     assert "migrations" in out.stdout
+    assert "ai provider claude-cli: " in out.stdout
+    assert "ai provider heuristic: usable: offline, deterministic" in out.stdout
     assert out.returncode == 0, out.stdout
+
+
+def test_doctor_fails_when_no_ai_provider_is_usable(cli: Cli, tmp_path: Path) -> None:
+    cfg = tmp_path / "noai.toml"
+    cfg.write_text(cli.cfg.read_text() + '\n[ai]\nproviders = ["claude-cli"]\n'
+                   '[ai.claude-cli]\npath = "no-such-claude"\n')
+    out = cli("doctor", config=cfg)
+    assert "ai provider claude-cli: skipped: no `no-such-claude` on PATH" in out.stdout
+    assert "no configured provider is usable" in out.stdout
+    assert out.returncode == 1
 
 
 def test_run_refuses_a_public_port_without_a_token(cli: Cli, tmp_path: Path) -> None:

@@ -36,6 +36,7 @@ def test_example_file_decodes_to_the_defaults() -> None:
     assert cfg.limits == config.Config().limits
     assert cfg.video == config.Config().video
     assert cfg.server == config.Config().server
+    assert cfg.ai == config.Config().ai
     assert cfg.budget_for("sleep") == 30.0
 
 
@@ -50,15 +51,31 @@ def test_example_file_decodes_to_the_defaults() -> None:
         ("[unknown]\nx = 1", "unknown key - at `$.unknown`"),
         ("[kinds.noop]\nbudget = 3", "unknown key - at `$.kinds.noop.budget`"),
         ('[kinds."video.transcode"]\nbudget_s = "x"', '$.kinds."video.transcode".budget_s'),
-        ("[kinds.video.transcode]\nbudget_s = 1", "unknown key - at `$.kinds.video.transcode`"),
+        ("[kinds.video.transcode]\nbudget_s = 1", "- at `$.kinds.video.transcode`"),
         ('[d1]\nbackend = "http"', "$.d1.account_id"),
         ("[supervisor]\npoll_min_s = 5\npoll_max_s = 1", "$.supervisor.poll_min_s"),
+        ("[ai]\nproviders = []", "$.ai.providers"),
+        ('[ai]\nproviders = ["heuristic", "heuristic"]', "$.ai.providers"),
+        ('[ai]\nproviders = ["gpt"]', "Invalid enum value 'gpt'"),
+        ("[ai.anthropic]\nmax_tokens = 0", "$.ai.anthropic.max_tokens"),
+        ("[ai.claude-cli]\nmax_concurrent = 0", "$.ai.claude-cli.max_concurrent"),
+        ("[ai.claude-cli]\nflags = []", "$.ai.claude-cli"),
+        ("[ai.anthropic]\nrequests_per_minute = -5", "$.ai.anthropic.requests_per_minute"),
+        ('[ai.anthropic.prices."m"]\ninput_per_mtok = 1', "$.ai.anthropic.prices"),
+        ('[ai.anthropic.prices."m"]\ninput_per_mtok = -1\noutput_per_mtok = 1',
+         "$.ai.anthropic.prices.m"),
+        ('[kinds.video.publish]\nbudget_s = 5', "$.kinds"),
     ],
 )
 def test_bad_config_names_the_key(text: str, path: str) -> None:
     with pytest.raises(ConfigError) as info:
         config.decode(text, source="x.toml")
     assert path in str(info.value)
+
+
+def test_a_dotted_kind_name_gets_a_hint() -> None:
+    with pytest.raises(ConfigError, match=r'quoted: \[kinds\."video\.publish"\]'):
+        config.decode("[kinds.video.publish]\nbudget_s = 5")
 
 
 def test_bad_toml_is_a_config_error() -> None:

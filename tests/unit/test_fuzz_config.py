@@ -41,6 +41,7 @@ class Field:
 
 
 def _fields(struct: type[msgspec.Struct]) -> list[Field]:
+    """The struct's fields by the names the file uses (``claude-cli``)."""
     info = msgspec.inspect.type_info(struct)
     assert isinstance(info, msgspec.inspect.StructType)
     out = []
@@ -51,21 +52,35 @@ def _fields(struct: type[msgspec.Struct]) -> list[Field]:
             default = f.default_factory()
         else:
             default = None  # required (a rendition's name and height)
-        out.append(Field(f.name, f.type, msgspec.to_builtins(default)))
+        out.append(Field(f.encode_name, f.type, msgspec.to_builtins(default)))
     return out
 
 
-#: section -> its scalar and list fields (``kinds`` and renditions are apart)
-SECTIONS: dict[str, list[Field]] = {
-    f.name: [x for x in _fields(f.type.cls) if not (f.name == "video" and x.name == "renditions")]
-    for f in msgspec.inspect.type_info(config.Config).fields  # type: ignore[attr-defined]
-    if isinstance(f.type, msgspec.inspect.StructType)
-}
+Section = tuple[str, ...]
+
+
+def _sections(struct: type[msgspec.Struct], at: Section = ()) -> dict[Section, list[Field]]:
+    """Every table, nested ones too (``("ai", "anthropic")``), with the fields
+    that are not tables themselves; ``kinds`` and renditions are apart."""
+    out: dict[Section, list[Field]] = {}
+    own = []
+    for f in _fields(struct):
+        if isinstance(f.type, msgspec.inspect.StructType):
+            out.update(_sections(f.type.cls, (*at, f.name)))
+        elif (*at, f.name) not in (("kinds",), ("video", "renditions")):
+            own.append(f)
+    if at:
+        out[at] = own
+    return out
+
+
+SECTIONS = _sections(config.Config)
 KIND_FIELDS = _fields(config.KindConfig)
 RENDITION_FIELDS = _fields(config.RenditionConfig)
-#: strings that must be kept as they are for the rest of the document to be valid
+#: values that must be kept as they are for the rest of the document to be valid
 FIXED = {("d1", "backend"), ("r2", "backend"), ("d1", "synchronous"), ("d1", "api_base"),
-         ("r2", "endpoint_url"), ("supervisor", "kind_modules"), ("server", "listen")}
+         ("r2", "endpoint_url"), ("supervisor", "kind_modules"), ("server", "listen"),
+         ("ai", "providers")}
 
 
 def _base(t: Any) -> Any:
@@ -90,7 +105,7 @@ _kind_names = st.sampled_from(["noop", "sleep", "video.transcode", "my-kind", "a
 _rendition_names = st.from_regex(r"[a-z0-9][a-z0-9_-]{0,5}", fullmatch=True)
 
 
-def _valid(section: str, f: Field) -> st.SearchStrategy[Any]:
+def _valid(section: Section, f: Field) -> st.SearchStrategy[Any]:
     """A value the field accepts: its default, or (numbers) up to twice it,
     which keeps every cross-field rule (poll_min_s <= poll_max_s, 5 MiB parts)."""
     t = _base(f.type)
@@ -100,11 +115,12 @@ def _valid(section: str, f: Field) -> st.SearchStrategy[Any]:
         return st.integers(f.default, 2 * f.default)
     if isinstance(t, msgspec.inspect.FloatType):
         return st.floats(f.default, 2 * f.default)
-    if (section, f.name) in FIXED:
+    if (*section, f.name) in FIXED:
         return st.just(f.default)
     if isinstance(t, msgspec.inspect.StrType):
         return st.just(f.default) | _safe_text
-    if isinstance(t, msgspec.inspect.ListType):
+    if isinstance(t, msgspec.inspect.ListType) and isinstance(t.item_type,
+                                                              msgspec.inspect.StrType):
         return st.lists(_safe_text.filter(bool), max_size=3)
     return st.just(f.default)
 
@@ -127,10 +143,13 @@ def documents(draw: st.DrawFn) -> Doc:
     """A valid configuration as TOML-shaped builtins."""
     doc: Doc = {}
     for section, fields in SECTIONS.items():
-        if not draw(st.booleans()):
+        if not fields or not draw(st.booleans()):
             continue
         chosen = draw(st.lists(st.sampled_from(fields), unique_by=lambda f: f.name))
-        doc[section] = {f.name: draw(_valid(section, f)) for f in chosen}
+        table = doc
+        for key in section:
+            table = table.setdefault(key, {})
+        table.update({f.name: draw(_valid(section, f)) for f in chosen})
     if draw(st.booleans()):
         doc.setdefault("video", {})["renditions"] = draw(_renditions)
     if draw(st.booleans()):
@@ -179,6 +198,8 @@ def _field_fault(keys: tuple[str | int, ...], f: Field) -> st.SearchStrategy[Fau
         return st.builds(Fault, st.just(keys), _WRONG_FOR_STR | _CONTROL)
     if isinstance(t, msgspec.inspect.ListType):
         return st.builds(Fault, st.just(keys), st.sampled_from(["a", 1, {"a": 1}]))
+    if isinstance(t, msgspec.inspect.DictType):
+        return st.builds(Fault, st.just(keys), st.sampled_from(["a", 1, [1]]))
     raise AssertionError(f"no fault for {keys}: {t}")
 
 
@@ -190,15 +211,13 @@ def faults(draw: st.DrawFn, doc: Doc) -> Fault:
     unknown_key = draw(st.sampled_from(["budget", "budget_sec", "x", "Max_Actors", "ünï",
                                         "two words", ""]))
     if where == "section":
-        section = draw(st.sampled_from([*SECTIONS, "kinds"]))
-        return Fault((section,), draw(st.sampled_from([1, "x", [1], True])))
+        section = draw(st.sampled_from([*SECTIONS, ("kinds",)]))
+        return Fault(section, draw(st.sampled_from([1, "x", [1], True])))
     if where == "unknown":
-        parent: tuple[str | int, ...] = draw(st.sampled_from(
-            [(), *[(s,) for s in SECTIONS]]))
-        if parent and parent[0] in SECTIONS and unknown_key in {
-                f.name for f in SECTIONS[str(parent[0])]}:
-            unknown_key += "_x"
-        if not parent and unknown_key in SECTIONS:
+        parent: Section = draw(st.sampled_from([(), *SECTIONS]))
+        taken = {f.name for f in SECTIONS.get(parent, [])} | {
+            s[len(parent)] for s in SECTIONS if len(s) > len(parent) and s[:len(parent)] == parent}
+        if unknown_key in taken:
             unknown_key += "_x"
         return Fault((*parent, unknown_key), 1, "unknown key", unknown=True)
     if where == "kind":
@@ -213,9 +232,9 @@ def faults(draw: st.DrawFn, doc: Doc) -> Fault:
             return Fault(("video", "renditions", 0, unknown_key), 1, "unknown key",
                          unknown=True)
         return draw(_field_fault(("video", "renditions", 0, f.name), f))
-    section = draw(st.sampled_from(list(SECTIONS)))
+    section = draw(st.sampled_from([s for s, fields in SECTIONS.items() if fields]))
     f = draw(st.sampled_from(SECTIONS[section]))
-    return draw(_field_fault((section, f.name), f))
+    return draw(_field_fault((*section, f.name), f))
 
 
 def plant(doc: Doc, fault: Fault) -> Doc:

@@ -15,7 +15,7 @@ import logging
 import random
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, NoReturn, Protocol
 
 import msgspec
 import trio
@@ -59,6 +59,8 @@ class Host(Protocol):
     def plan_deadline(self) -> float: ...
 
     def throttle_until(self, upstream: str) -> float | None: ...
+
+    def block(self, upstream: str, until: float, reason: str) -> None: ...
 
     def observe_step(self, kind: str, step: str, seconds: float) -> None: ...
 
@@ -107,6 +109,8 @@ class Actor:
         #: the step running, or the last one that ran (named on the outcome's event)
         self.last_step: str | None = None
         self.step_progress = 0.0
+        #: the running (or last) step's line for its event, see :meth:`note`
+        self.step_note: str | None = None
         self._total_steps = 0
         self._step_first = False
         self._step_started = 0.0
@@ -138,15 +142,32 @@ class Actor:
 
     async def wait_throttle(self, upstream: str) -> None:
         until = self.host.throttle_until(upstream)
-        if until is None:
-            return
-        wait = until - self.host.wall()
+        if until is not None:
+            await self.wait_until(until)
+
+    async def wait_until(self, when: float) -> None:
+        wait = when - self.host.wall()
         if wait <= 0:
             return
         if wait <= self.remaining() * 0.9:
             await trio.sleep(wait)
             return
-        raise _Continue(until)
+        raise _Continue(when)
+
+    def defer(self, run_at: float) -> NoReturn:
+        raise _Continue(run_at)
+
+    def wall(self) -> float:
+        return self.host.wall()
+
+    def throttled_until(self, upstream: str) -> float | None:
+        return self.host.throttle_until(upstream)
+
+    def block(self, upstream: str, until: float, reason: str) -> None:
+        self.host.block(upstream, until, reason)
+
+    def note(self, detail: str) -> None:
+        self.step_note = detail
 
     # -- the run -----------------------------------------------------------------
 
@@ -202,7 +223,7 @@ class Actor:
                 with trio.move_on_after(CHECKPOINT_GRACE_S, shield=True):
                     await self.host.write_checkpoint(self)
             self.step, self.step_progress = nxt.name, 0.0
-            self.last_step = nxt.name
+            self.last_step, self.step_note = nxt.name, None
             self._step_first, self._step_started = first, trio.current_time()
             self.failures = self.checkpoint.failures.get(nxt.name, 0)
             try:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar, NoReturn, Protocol
 
 import msgspec
 
@@ -59,6 +59,36 @@ class StepContext(Protocol):
         throttled, waits when the throttle ends inside the remaining budget, and
         otherwise hands the job back to run again when the throttle ends (no
         attempt used)."""
+        ...
+
+    async def wait_until(self, when: float) -> None:
+        """Wait until the wall-clock time ``when`` (Unix seconds) if it comes
+        inside the remaining budget; otherwise hand the job back to run again
+        at ``when`` (a continuation: no attempt used)."""
+        ...
+
+    def defer(self, run_at: float) -> NoReturn:
+        """Hand the job back now, to run again at ``run_at`` (wall clock): a
+        continuation, no attempt used."""
+        ...
+
+    def wall(self) -> float:
+        """The wall clock (Unix seconds) that throttles and ``run_at`` use."""
+        ...
+
+    def throttled_until(self, upstream: str) -> float | None:
+        """When ``upstream``'s throttle ends, as this daemon knows it (or ``None``)."""
+        ...
+
+    def block(self, upstream: str, until: float, reason: str) -> None:
+        """Hold ``upstream`` for every actor of every daemon until ``until``
+        (wall clock): on this daemon at once, in D1 with the next pull cycle.
+        A throttle only ever grows."""
+        ...
+
+    def note(self, detail: str) -> None:
+        """One line for this step's event in the timeline (what it cost, say);
+        the last call of a step wins."""
         ...
 
 

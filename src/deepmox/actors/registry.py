@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import importlib
 from importlib.metadata import entry_points
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import ConfigError
 from .kind import Kind
+
+if TYPE_CHECKING:
+    from ..config import Config
 
 ENTRY_POINT_GROUP = "deepmox.kinds"
 
@@ -34,10 +37,13 @@ class Registry:
 
     @classmethod
     def load(cls, modules: list[str] | None = None) -> Registry:
+        from ..video.publish import Publish
         from ..video.transcode import Transcode
         from .builtin import BUILTIN
+        from .describe import Describe
 
-        kinds: dict[str, Kind] = {k.name: k for k in (b() for b in (*BUILTIN, Transcode))}
+        kinds: dict[str, Kind] = {
+            k.name: k for k in (b() for b in (*BUILTIN, Transcode, Describe, Publish))}
         for ep in entry_points(group=ENTRY_POINT_GROUP):
             try:
                 obj: Any = ep.load()
@@ -62,3 +68,9 @@ class Registry:
 
     def names(self) -> list[str]:
         return sorted(self._kinds)
+
+    def budget_for(self, cfg: Config, name: str) -> float:
+        """The budget of kind ``name``: its ``[kinds.<name>]`` setting, else the
+        kind's own default, else ``[supervisor] budget_s``."""
+        kind = self._kinds.get(name)
+        return cfg.budget_for(name, kind.budget_s if kind is not None else None)

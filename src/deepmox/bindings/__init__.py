@@ -1,4 +1,4 @@
-"""Bindings: the only doors to external state (d1, r2, and later ai, media)."""
+"""Bindings: the only doors to external state (d1, r2, ai, media)."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from ..config import Config
+    from .ai import AI
     from .d1 import D1
     from .r2 import R2
 
@@ -18,6 +19,12 @@ class Bindings:
     cfg: Config
     d1: D1
     r2: R2 | None = None
+    ai: AI | None = None
+
+    def require_ai(self) -> AI:
+        if self.ai is None:  # pragma: no cover - the daemon always opens one
+            raise RuntimeError("this daemon was started without the AI binding")
+        return self.ai
 
     def require_r2(self) -> R2:
         if self.r2 is None:  # pragma: no cover - the daemon always opens one

@@ -95,8 +95,10 @@ def build(*, now: float, node: str, acks: Sequence[Ack], lost: Sequence[dict[str
     if throttles:
         c.add(Q["throttle_extend"], now, dumps(list(throttles)))
     if acks:
-        done = [a for a in acks if a.state == "completed"]
-        other = [a for a in acks if a.state != "completed"] if len(done) < len(acks) else []
+        # completions without a note for their event take the lean path
+        done = [a for a in acks if a.state == "completed" and a.detail is None]
+        other = ([a for a in acks if a.state != "completed" or a.detail is not None]
+                 if len(done) < len(acks) else [])
         if done:
             rows = _encode([[a.id, a.tok, a.ts, a.step, a.ack, a.result, a.checkpoint]
                             for a in done]).decode()

@@ -28,6 +28,7 @@ import trio
 from ..actors.actor import Actor, Finish
 from ..actors.registry import Registry
 from ..bindings import Bindings
+from ..bindings.ai import AI
 from ..bindings.d1 import D1
 from ..config import Config
 from ..errors import LeaseLostError
@@ -79,10 +80,13 @@ class SupervisorStatistics(msgspec.Struct, frozen=True, kw_only=True):
 class Supervisor:
     def __init__(self, cfg: Config, d1: D1, registry: Registry, *, node: str,
                  wall: Callable[[], float] = time.time,
-                 rng: random.Random | None = None, r2: R2 | None = None) -> None:
+                 rng: random.Random | None = None, r2: R2 | None = None,
+                 ai: AI | None = None) -> None:
         self.cfg = cfg
         self.d1 = d1
-        self.bindings = Bindings(cfg, d1, r2)
+        #: an AI binding made here is closed here, when :meth:`run` ends
+        self._own_ai = ai is None
+        self.bindings = Bindings(cfg, d1, r2, ai if ai is not None else AI(cfg, rng=rng))
         self.registry = registry
         self.node = node
         self._wall = wall
@@ -118,12 +122,9 @@ class Supervisor:
         self.counts = dict.fromkeys(
             ("claimed", "completed", "failed", "retried", "continued", "released",
              "lease_lost", "reaped", "cycles", "failed_cycles"), 0)
-        self.leases = {
-            name: cfg.budget_for(name) + s.lease_grace_s
-            for name in registry.names()
-        }
+        self._budgets = {name: registry.budget_for(cfg, name) for name in registry.names()}
+        self.leases = {name: budget + s.lease_grace_s for name, budget in self._budgets.items()}
         self.default_lease_s = s.budget_s + s.lease_grace_s
-        self._budgets = {name: cfg.budget_for(name) for name in registry.names()}
         limited = {
             name: k.max_actors for name, k in cfg.kinds.items()
             if k.max_actors is not None and name in self.leases
@@ -159,6 +160,13 @@ class Supervisor:
     def throttle_until(self, upstream: str) -> float | None:
         return self._throttles.get(upstream)
 
+    def block(self, upstream: str, until: float, reason: str) -> None:
+        """Extend ``upstream``'s throttle: here at once, in D1 with the next cycle."""
+        if until <= self._throttles.get(upstream, 0.0):
+            return
+        self._throttles[upstream] = until
+        self._new_throttles.append({"upstream": upstream, "until": until, "reason": reason})
+
     async def write_checkpoint(self, actor: Actor) -> None:
         job = actor.job
         self._seq += 1
@@ -166,7 +174,7 @@ class Supervisor:
             id=job.id, tok=job.lease_token, ack=f"{job.lease_token}:{self._seq}",
             state=JobState.IN_PROGRESS.value, event=EventType.STEP_COMPLETED.value,
             ts=self._wall(), has_checkpoint=True, checkpoint=actor.checkpoint_json(),
-            progress=actor.progress, step=actor.last_step)
+            progress=actor.progress, step=actor.last_step, detail=actor.step_note)
         q = Queued(ack, actor.kind, done=trio.Event())
         self._lanes_of[(actor.job_id, actor.job.lease_token)].enqueue(q)
         assert q.done is not None
@@ -240,6 +248,9 @@ class Supervisor:
                         lanes.start_soon(lane.run)
                     task_status.started()
         finally:
+            if self._own_ai and self.bindings.ai is not None:
+                with trio.CancelScope(shield=True):
+                    await self.bindings.ai.aclose()
             self._stopped.set()
 
     # -- the live feed -----------------------------------------------------------
@@ -386,15 +397,12 @@ class Supervisor:
             state=d.state.value, event=d.event.value, ts=self._wall(), run_at=d.run_at,
             attempt_delta=d.attempt_delta, has_checkpoint=True,
             checkpoint=actor.checkpoint_json(), progress=actor.progress, step=actor.last_step,
-            error_class=d.error_class, error_message=d.error_message, detail=d.error_message,
+            error_class=d.error_class, error_message=d.error_message,
+            detail=" | ".join(filter(None, (d.error_message, actor.step_note))) or None,
             result=finish.result, deferred_add=d.deferred_add)
         throttle = d.throttle
         if throttle is not None:
-            self._new_throttles.append(
-                {"upstream": throttle.upstream, "until": throttle.until,
-                 "reason": throttle.reason})
-            self._throttles[throttle.upstream] = max(
-                throttle.until, self._throttles.get(throttle.upstream, 0.0))
+            self.block(throttle.upstream, throttle.until, throttle.reason)
         level = logging.DEBUG if d.error_class is None else logging.INFO
         if log.isEnabledFor(level):
             log.log(level, "job %s %s%s", actor.job_id, d.event,

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import random
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Final
 
@@ -62,6 +63,53 @@ async def make_two_scenes(dst: str | os.PathLike[str], *, seconds_each: float = 
     return await _ffmpeg(["-filter_complex", graph, "-map", "[out]",
                           "-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv420p",
                           "-f", "mp4"], dst)
+
+
+def srt(cues: Sequence[tuple[float, float, str]]) -> str:
+    """An SRT document of ``(start_s, end_s, text)`` cues."""
+    def stamp(t: float) -> str:
+        ms = round(t * 1000)
+        return f"{ms // 3_600_000:02}:{ms // 60_000 % 60:02}:{ms // 1000 % 60:02},{ms % 1000:03}"
+
+    return "\n".join(f"{i}\n{stamp(a)} --> {stamp(b)}\n{text}\n"
+                     for i, (a, b, text) in enumerate(cues, 1))
+
+
+async def make_story(dst: str | os.PathLike[str], *,
+                     scenes: Sequence[tuple[str, float]] = (("red", 2.0), ("blue", 2.0)),
+                     cues: Sequence[tuple[float, float, str]] = (), audio: bool = True,
+                     size: tuple[int, int] = SIZE, fps: int = FPS) -> Path:
+    """An MP4 of solid-colour scenes ``(colour, seconds)`` -- each colour change
+    is a scene cut -- with a sine tone, and with ``cues`` as a subtitle track
+    (mov_text) when there are any."""
+    w, h = size
+    graph = "".join(f"color=c={c}:size={w}x{h}:rate={fps}:duration={t}[v{i}];"
+                    for i, (c, t) in enumerate(scenes))
+    graph += "".join(f"[v{i}]" for i in range(len(scenes)))
+    graph += f"concat=n={len(scenes)}:v=1:a=0[out]"
+    total = sum(t for _, t in scenes)
+    args = ["-filter_complex", graph]
+    subs_path = Path(dst).with_suffix(".srt")
+    if audio:
+        args += ["-f", "lavfi", "-i",
+                 f"sine=frequency=440:sample_rate={SAMPLE_RATE}:duration={total}"]
+    if cues:
+        subs_path.write_text(srt(cues))
+        args += ["-i", str(subs_path)]
+    args += ["-map", "[out]"]
+    n = 0
+    if audio:
+        args += ["-map", "0:a"]
+        n += 1
+    if cues:
+        args += ["-map", f"{n}:s", "-c:s", "mov_text"]
+    args += ["-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv420p", "-g", str(fps)]
+    if audio:
+        args += ["-c:a", "aac", "-b:a", "64k"]
+    try:
+        return await _ffmpeg([*args, "-f", "mp4"], dst)
+    finally:
+        subs_path.unlink(missing_ok=True)
 
 
 async def make_segment(dst: str | os.PathLike[str], *, seconds: float = 1.0,

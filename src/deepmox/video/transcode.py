@@ -104,7 +104,21 @@ async def local_source(ctx: StepContext) -> Path:
     return path
 
 
-def _limits(ctx: StepContext) -> media.Limits:
+async def first_rendition(ctx: StepContext) -> tuple[Path, dict[str, Any]]:
+    """The first assembled rendition in this actor's scratch folder, and its
+    step output. Smaller than the source, so cheaper to seek and decode, and
+    the same input whichever actor runs the step."""
+    first = ctx.outputs[f"assemble:{ctx.outputs['plan']['renditions'][0]['name']}"]
+    src = ctx.scratch.path / f"assemble-{first['name']}" / f"{first['name']}.mp4"
+    if not await trio.Path(src).exists():
+        src = ctx.scratch.path / "first-rendition.mp4"
+        if not await trio.Path(src).exists():
+            ctx.scratch.ensure_room(int(first["size"]))
+            await ctx.bindings.require_r2().get(first["key"], src)
+    return src, first
+
+
+def media_limits(ctx: StepContext) -> media.Limits:
     return media.Limits.from_config(ctx.bindings.cfg.limits)
 
 
@@ -113,6 +127,13 @@ class Transcode(Kind):
     Payload = TranscodePayload
 
     def plan(self, payload: TranscodePayload, outputs: Mapping[str, Any]) -> Sequence[Step]:
+        steps = self.media_steps(outputs)
+        if "plan" in outputs:
+            steps.append(Step("manifest", self._manifest, 0.5))
+        return steps
+
+    def media_steps(self, outputs: Mapping[str, Any]) -> list[Step]:
+        """The steps from ``ingest`` to ``thumbs``: all of them once ``plan`` ran."""
         steps = [Step("ingest", self._ingest, cost_s=5.0), Step("probe", self._probe, 2.0),
                  Step("plan", self._plan, 0.5)]
         plan = outputs.get("plan")
@@ -129,7 +150,6 @@ class Transcode(Kind):
             steps.append(Step(f"assemble:{name}", functools.partial(self._assemble, name=name),
                               5.0))
         steps.append(Step("thumbs", self._thumbs, 3.0))
-        steps.append(Step("manifest", self._manifest, 0.5))
         return steps
 
     def result(self, payload: TranscodePayload, outputs: Mapping[str, Any]) -> Any:
@@ -163,7 +183,7 @@ class Transcode(Kind):
 
     async def _probe(self, ctx: StepContext) -> Any:
         limits = ctx.bindings.cfg.limits
-        probe = await media.probe(await local_source(ctx), limits=_limits(ctx))
+        probe = await media.probe(await local_source(ctx), limits=media_limits(ctx))
         video = probe.video
         if video is None:
             raise PermanentError("the input has no video stream")
@@ -196,8 +216,8 @@ class Transcode(Kind):
         payload: TranscodePayload = ctx.payload
         probe = ctx.outputs["probe"]
         duration = float(probe["duration_s"])
-        budget = ctx.bindings.cfg.budget_for(self.name)
-        keys = await media.keyframes(await local_source(ctx), limits=_limits(ctx))
+        budget = ctx.bindings.cfg.budget_for(self.name, self.budget_s)
+        keys = await media.keyframes(await local_source(ctx), limits=media_limits(ctx))
         out: list[dict[str, Any]] = []
         for r in _renditions(ctx, payload):
             known = await speed.known_speed(ctx.bindings.d1, self.name, r.name)
@@ -220,7 +240,7 @@ class Transcode(Kind):
         out = ctx.scratch.path / "audio.m4a"
         plan = ctx.outputs["plan"]
         await media.encode_audio(src, out, bitrate_k=plan["audio_bitrate_k"],
-                                 copy=plan["audio_copy"], limits=_limits(ctx))
+                                 copy=plan["audio_copy"], limits=media_limits(ctx))
         key = f"{prefix(ctx.job_id)}/audio.m4a"
         await r2.put(key, out, content_type="audio/mp4")
         return {"key": key, "size": out.stat().st_size}
@@ -234,7 +254,7 @@ class Transcode(Kind):
         began = trio.current_time()
         await media.transcode_chunk(src, out, start_s=start, duration_s=length,
                                     height=r["height"], video_bitrate_k=r["video_bitrate_k"],
-                                    limits=_limits(ctx))
+                                    limits=media_limits(ctx))
         took = trio.current_time() - began
         key = chunk_key(ctx.job_id, name, n)
         result = await ctx.bindings.require_r2().put(key, out, content_type="video/mp4")
@@ -265,8 +285,8 @@ class Transcode(Kind):
             audio = folder / "audio.m4a"
             await r2.get(ctx.outputs["audio"]["key"], audio)
         out = folder / f"{name}.mp4"
-        await media.concat(parts, audio, out, limits=_limits(ctx))
-        probe = await media.probe(out, limits=_limits(ctx))
+        await media.concat(parts, audio, out, limits=media_limits(ctx))
+        probe = await media.probe(out, limits=media_limits(ctx))
         expected = float(plan["duration_s"])
         if abs(probe.duration_s - expected) > DURATION_TOLERANCE_S:
             raise PermanentError(
@@ -289,20 +309,13 @@ class Transcode(Kind):
         if count is None:
             count = ctx.bindings.cfg.video.thumbnails
         duration = float(ctx.outputs["plan"]["duration_s"])
-        # from the first rendition: smaller than the source, so cheaper to
-        # seek and decode, and the same input whichever actor runs the step
-        first = ctx.outputs[f"assemble:{ctx.outputs['plan']['renditions'][0]['name']}"]
+        src, first = await first_rendition(ctx)
         height = min(360, int(first["height"]))
         r2 = ctx.bindings.require_r2()
-        src = ctx.scratch.path / f"assemble-{first['name']}" / f"{first['name']}.mp4"
-        if not await trio.Path(src).exists():
-            ctx.scratch.ensure_room(int(first["size"]))
-            src = ctx.scratch.path / "thumb-source.mp4"
-            await r2.get(first["key"], src)
         shots = [(f"{i:02}.jpg", duration * (i + 1) / (count + 1)) for i in range(count)]
         shots.append(("poster.jpg", min(duration * 0.1, 5.0)))
         files = [(ctx.scratch.path / f"thumb-{name}", at) for name, at in shots]
-        await media.thumbnails(src, files, height=height - height % 2, limits=_limits(ctx))
+        await media.thumbnails(src, files, height=height - height % 2, limits=media_limits(ctx))
         keys = []
         for (name, at), (path, _) in zip(shots, files, strict=True):
             key = f"{prefix(ctx.job_id)}/thumbs/{name}"
@@ -310,8 +323,12 @@ class Transcode(Kind):
             keys.append({"key": key, "at_s": round(at, 3)})
         return {"thumbnails": keys[:-1], "poster": keys[-1]}
 
+    def manifest(self, ctx: StepContext) -> dict[str, Any]:
+        """What ``manifest.json`` holds."""
+        return build_manifest(ctx.job_id, self.name, ctx.outputs, ctx.step_times)
+
     async def _manifest(self, ctx: StepContext) -> Any:
-        manifest = build_manifest(ctx.job_id, self.name, ctx.outputs, ctx.step_times)
+        manifest = self.manifest(ctx)
         key = f"{prefix(ctx.job_id)}/manifest.json"
         body = msgspec.json.format(msgspec.json.encode(manifest), indent=2)
         await ctx.bindings.require_r2().put(key, body, content_type="application/json")

@@ -15,11 +15,13 @@ from .ffmpeg import (
     INPUT_FORMATS,
     Probe,
     StreamInfo,
+    Subtitle,
     concat,
     encode_audio,
     keyframes,
     probe,
     scene_changes,
+    subtitles,
     thumbnail,
     thumbnails,
     transcode_chunk,
@@ -28,6 +30,6 @@ from .process import DEFAULT_LIMITS, NO_LIMITS, Completed, Limits, run
 
 __all__ = [
     "DEFAULT_LIMITS", "INPUT_FORMATS", "NO_LIMITS", "Completed", "Limits", "Probe",
-    "StreamInfo", "concat", "encode_audio", "keyframes", "probe", "run", "scene_changes",
-    "thumbnail", "thumbnails", "transcode_chunk",
+    "StreamInfo", "Subtitle", "concat", "encode_audio", "keyframes", "probe", "run",
+    "scene_changes", "subtitles", "thumbnail", "thumbnails", "transcode_chunk",
 ]

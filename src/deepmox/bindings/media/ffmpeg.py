@@ -328,13 +328,16 @@ async def thumbnails(src: str | os.PathLike[str], shots: Sequence[tuple[str | os
 
 
 async def scene_changes(src: str | os.PathLike[str], threshold: float = 0.4, *,
-                        limits: Limits = DEFAULT_LIMITS,
+                        sample_fps: float | None = None, limits: Limits = DEFAULT_LIMITS,
                         timeout_s: float | None = None) -> list[float]:
     """The times (seconds from the start of the video) of the frames whose
     scene score is above ``threshold`` (0..1; ffmpeg's ``select='gt(scene,T)'``),
-    in order; at most :data:`MAX_SCENES`."""
+    in order; at most :data:`MAX_SCENES`. ``sample_fps`` scores only that many
+    frames a second (cheaper; a cut is then found within 1/``sample_fps`` s)."""
     if not 0 < threshold < 1:
         raise ValueError(f"threshold must be between 0 and 1, not {threshold!r}")
+    if sample_fps is not None and not 0 < sample_fps <= 1000:
+        raise ValueError(f"sample_fps must be in (0, 1000], not {sample_fps!r}")
     await _check_input(src)
     times: list[float] = []
 
@@ -346,10 +349,61 @@ async def scene_changes(src: str | os.PathLike[str], threshold: float = 0.4, *,
 
     argv = [FFMPEG, *_COMMON, *_input(src, limits),
             "-map", "0:V:0", "-an", "-sn", "-dn",
-            "-vf", f"setpts=PTS-STARTPTS,select='gt(scene,{threshold:.6f})',showinfo",
+            "-vf", ("setpts=PTS-STARTPTS,"
+                    + (f"fps={sample_fps:g}," if sample_fps else "")
+                    + f"select='gt(scene,{threshold:.6f})',showinfo"),
             "-f", "null", "-"]
     await _run(argv, [src], limits=limits, timeout_s=timeout_s, also=on_line)
     return times
+
+
+class Subtitle(msgspec.Struct, frozen=True, array_like=True):
+    """One subtitle cue: its start (seconds) and its text, markup removed."""
+
+    start_s: float
+    text: str
+
+
+#: subtitle codecs that hold text (bitmap subtitles, DVD or PGS, hold pictures)
+TEXT_SUBTITLES: Final = frozenset({"mov_text", "subrip", "srt", "ass", "ssa", "webvtt",
+                                   "text", "microdvd", "subviewer", "jacosub"})
+#: subtitle text beyond this is not read
+MAX_SUBTITLE_BYTES: Final = 4 * 1024 * 1024
+_SRT_TIME = re.compile(r"(\d+):(\d{2}):(\d{2})[,.](\d{3})\s*-->")
+_MARKUP = re.compile(r"<[^>]*>|\{[^}]*\}")
+
+
+def parse_srt(text: str) -> list[Subtitle]:
+    """The cues of an SRT document, in order of their start."""
+    cues = []
+    for block in re.split(r"\r?\n\s*\r?\n", text):
+        lines = block.strip().splitlines()
+        for i, line in enumerate(lines):
+            m = _SRT_TIME.search(line)
+            if m is None:
+                continue
+            h, mi, sec, ms = (int(g) for g in m.groups())
+            body = " ".join(_MARKUP.sub("", x).strip() for x in lines[i + 1:])
+            body = " ".join(body.split())
+            if body:
+                cues.append(Subtitle(h * 3600 + mi * 60 + sec + ms / 1000, body))
+            break
+    return sorted(cues, key=lambda c: c.start_s)
+
+
+async def subtitles(src: str | os.PathLike[str], *, limits: Limits = DEFAULT_LIMITS,
+                    timeout_s: float | None = None) -> list[Subtitle]:
+    """The cues of ``src``'s first text subtitle track ([] when it has none),
+    read under the same input rule as everything else."""
+    found = await probe(src, limits=limits, timeout_s=timeout_s)
+    tracks = [st for st in found.streams if st.codec_type == "subtitle"]
+    text_tracks = [n for n, st in enumerate(tracks) if st.codec_name in TEXT_SUBTITLES]
+    if not text_tracks:
+        return []
+    argv = [FFMPEG, *_COMMON, *_input(src, limits), "-map", f"0:s:{text_tracks[0]}",
+            "-c:s", "srt", "-f", "srt", "pipe:1"]
+    done, _ = await _run(argv, [src], limits=limits, timeout_s=timeout_s)
+    return parse_srt(done.stdout[:MAX_SUBTITLE_BYTES].decode("utf-8", "replace"))
 
 
 # -- the pieces ---------------------------------------------------------------------

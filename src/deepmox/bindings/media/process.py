@@ -31,7 +31,7 @@ import os
 import resource
 import signal
 import subprocess
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Final
 
 import msgspec
@@ -108,6 +108,7 @@ async def run(
     limits: Limits = DEFAULT_LIMITS,
     timeout_s: float | None = None,
     cwd: str | os.PathLike[str] | None = None,
+    env: Mapping[str, str] | None = None,
     on_stderr_line: Callable[[str], None] | None = None,
     stdout_max_bytes: int = STDOUT_MAX_BYTES,
     task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
@@ -115,7 +116,8 @@ async def run(
     """Run ``argv`` (no shell) to its end and return what it did.
 
     ``stdin`` is fed to the child and then closed; without it the child reads
-    ``/dev/null``. Each complete stderr line (without its newline) goes to
+    ``/dev/null``. ``env`` replaces the environment (default: deepmox's own).
+    Each complete stderr line (without its newline) goes to
     ``on_stderr_line`` as it arrives. With ``nursery.start(run, argv)`` the
     child's pid -- also its process group id -- comes back once it is running.
 
@@ -133,7 +135,7 @@ async def run(
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             cwd=cwd,
-            env={**os.environ, **CHILD_ENV},
+            env={**(os.environ if env is None else env), **CHILD_ENV},
             start_new_session=True,
             preexec_fn=_limiter(limits),
         )
