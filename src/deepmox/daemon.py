@@ -94,7 +94,8 @@ async def serve(cfg: Config, *, wall: Callable[[], float] = time.time,
         for m in applied:
             log.info("applied migration %s", m.name, extra={"event": "migrated"})
         supervisor = Supervisor(cfg, d1, registry, node=node, wall=wall, r2=r2)
-        client = Client(cfg, d1, registry, wall=wall, node=node, on_submit=supervisor.wake)
+        client = Client(cfg, d1, registry, wall=wall, node=node, on_submit=supervisor.wake,
+                        submit_batch=supervisor.submit_batch)
         daemon = Daemon(cfg, d1, supervisor, client, notifier)
         listener = WakeListener(cfg.d1.path, node) if cfg.d1.backend == "sqlite" else None
         client.own_wake_socket = listener.path if listener is not None else None

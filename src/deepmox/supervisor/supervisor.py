@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Sequence
 from typing import TYPE_CHECKING, Any
 
 import msgspec
@@ -28,14 +28,14 @@ import trio
 from ..actors.actor import Actor, Finish
 from ..actors.registry import Registry
 from ..bindings import Bindings
-from ..bindings.d1 import D1
+from ..bindings.d1 import D1, Result, Statement
 from ..config import Config
 from ..errors import LeaseLostError
 from ..jobs import Claimed, EventType, JobState
 from . import policy
 from .budget import CostModel, family
 from .histograms import Histograms
-from .lane import Lane, Queued, share
+from .lane import Lane, Queued, riding_lane, share
 from .pull import TAIL_LIMIT, Ack
 
 if TYPE_CHECKING:
@@ -184,6 +184,21 @@ class Supervisor:
                 lane.wake.set()
             return
         max(self.lanes, key=lambda lane: lane.slots - lane.running).wake.set()
+
+    async def submit_batch(self, statements: Sequence[Statement],
+                           new_ids: Collection[str] = ()) -> list[Result]:
+        """Write a local submission's statements (the daemon's own client;
+        ``new_ids``: the jobs it submits).
+
+        On SQLite they ride the next cycle of a lane (:meth:`Lane.ride`), which
+        claims the new jobs in the same transaction; otherwise (REST, draining,
+        a lane backing off) they go out on their own and a cycle is woken."""
+        lane = riding_lane(self.lanes) if self.d1.backend == "sqlite" else None
+        if lane is not None:
+            return await lane.ride(statements, new_ids)
+        results = await self.d1.batch(statements)
+        self.wake()
+        return results
 
     def stop(self) -> None:
         """Drain: claim nothing more, give actors ``drain_s``, then release."""
