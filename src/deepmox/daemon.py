@@ -63,7 +63,7 @@ class Daemon:
         self.supervisor = supervisor
         self.client = client
         #: the live feed's fan-out
-        self.feed = FeedHub()
+        self.feed = FeedHub(cfg.server.feed_backlog, busy=supervisor.in_cycle)
         #: "host:port" the HTTP API listens on, None without one
         self.api_address: str | None = None
         self.notifier = notifier or Notifier({})
@@ -129,6 +129,7 @@ async def _run(cfg: Config, daemon: Daemon, view: FleetView, listener: WakeListe
             # started, not start_soon: once READY=1 is out, SIGTERM must drain
             await nursery.start(_on_signals, daemon)
         nursery.start_soon(view.run, daemon.feed)
+        nursery.start_soon(daemon.feed.run)
         nursery.start_soon(ticker, daemon.feed,
                            lambda: progress_messages(supervisor), _stats(view))
         if cfg.server.listen:

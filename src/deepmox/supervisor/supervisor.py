@@ -219,6 +219,10 @@ class Supervisor:
             for scope in self._scopes.values():
                 scope.cancel()
 
+    def in_cycle(self) -> bool:
+        """Whether a pull cycle is in flight (the database is working for us)."""
+        return any(lane.in_cycle for lane in self.lanes)
+
     @property
     def draining(self) -> bool:
         return self._draining
