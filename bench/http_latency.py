@@ -135,12 +135,14 @@ def one_rep(jobs: int, interval_s: float, synchronous: str) -> dict[str, list[fl
         "answer", "stamp", "answer_httpx2", "stamp_httpx2", "feed", "poll")}
     try:
         wait_healthy(port)
+        # a fresh connection for each pass: the server closes idle ones after 5 s
         post, get = stdlib_post(port)
         post()
         time.sleep(1.0)  # idle
         for client, answer_key, stamp_key in ((post, "answer", "stamp"),
                                               (httpx2_post(port), "answer_httpx2",
                                                "stamp_httpx2")):
+            client()  # connected
             sent: list[tuple[str, float]] = []
 
             def submit(client: Post = client, key: str = answer_key,
@@ -154,6 +156,8 @@ def one_rep(jobs: int, interval_s: float, synchronous: str) -> dict[str, list[fl
             time.sleep(0.2)
             out[stamp_key] = finish_stamps(db, sent)
         watcher = FeedWatcher(port)
+        post, get = stdlib_post(port)
+        post()
         time.sleep(0.5)
 
         def follow() -> None:
@@ -163,6 +167,8 @@ def one_rep(jobs: int, interval_s: float, synchronous: str) -> dict[str, list[fl
 
         paced(jobs, interval_s, follow)
         watcher.close()
+        post, get = stdlib_post(port)
+        post()
         time.sleep(0.5)
 
         def poll() -> None:
