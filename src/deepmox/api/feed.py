@@ -64,8 +64,9 @@ GAP_CLIENTS_MAX = 32
 SEND_SAMPLE_MAX_S = 0.002
 #: the share of time the feed's sends may take while the supervisor is busy,
 #: and how much of it may be saved up
-BUSY_SHARE = 0.02
+BUSY_SHARE = 0.05
 BUSY_BURST_S = 0.005
+BUSY_RECHECK_S = 0.01
 
 _encode = msgspec.json.Encoder().encode
 
@@ -247,7 +248,7 @@ class FeedHub:
         seconds = min(seconds, SEND_SAMPLE_MAX_S)
         self._send_s += 0.1 * (seconds - self._send_s)
         if self._charged:
-            self._tokens -= seconds
+            self._tokens = max(self._tokens - seconds, -BUSY_BURST_S)
 
     async def run(self) -> None:
         """The gate: whenever the event loop is idle (or ``SEND_DEFER_MAX_S``
@@ -266,7 +267,9 @@ class FeedHub:
             last = now
             self._charged = self.busy()
             if self._charged and self._tokens < 0:
-                await trio.sleep(-self._tokens / BUSY_SHARE)
+                # earned back at BUSY_SHARE; looked at again soon, in case the
+                # daemon went idle meanwhile (then sends are not rationed)
+                await trio.sleep(min(-self._tokens / BUSY_SHARE, BUSY_RECHECK_S))
                 continue
             admit = max(1, min(GAP_CLIENTS_MAX, int(GAP_SEND_S / self._send_s)))
             self._admit(admit)

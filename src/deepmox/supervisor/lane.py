@@ -229,7 +229,9 @@ class Lane:
         free, claims = self._free_slots()
         token = secrets.token_hex(8)
         tail_after = sup.take_tail()
-        housekeeping = sup.take_housekeeping()
+        # a submission waits on this cycle: the reaper and the throttles can
+        # wait for the next one (a few times a second is all they need)
+        housekeeping = sup.take_housekeeping(defer=bool(riders))
         cycle = pull.build(
             head=[stmt for r in riders for stmt in r.statements], now=now, node=sup.node,
             acks=[q.ack for q in queued], lost=lost,

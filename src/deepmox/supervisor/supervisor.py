@@ -298,11 +298,12 @@ class Supervisor:
         self._lost[:0] = lost
         self._new_throttles[:0] = throttles
 
-    def take_housekeeping(self) -> bool:
+    def take_housekeeping(self, *, defer: bool = False) -> bool:
         """Whether this cycle reaps and reads the throttles: at most every
-        ``HOUSEKEEPING_S`` across the lanes."""
+        ``HOUSEKEEPING_S`` across the lanes. ``defer``: a submission waits on
+        this cycle, so only when it is overdue by another ``HOUSEKEEPING_S``."""
         now = trio.current_time()
-        if now < self._next_housekeeping:
+        if now < self._next_housekeeping + (HOUSEKEEPING_S if defer else 0.0):
             return False
         self._next_housekeeping = now + HOUSEKEEPING_S
         return True
