@@ -129,3 +129,52 @@ async def test_a_failed_cycle_fails_its_riders_and_nothing_is_written(
             sup.stop()
         await d1.aclose()
         assert sup.statistics().failed_cycles >= 1
+
+
+async def test_the_feed_tails_every_event_without_waiting_for_an_idle_poll(
+        make_harness: MakeHarness, autojump_clock: MockClock) -> None:
+    # Two lanes, and the lanes poll only every 60 s when idle: an event that a
+    # lane commits while the other lane's cycle holds the tail must still
+    # reach the feed within a few cycles, not at the next idle poll.
+    from deepmox.api.feed import FeedHub
+
+    async with make_harness("[supervisor]\npoll_max_s = 60") as h, h.supervisor() as sup:
+        hub = FeedHub()
+        sup.attach_feed(hub)
+        client = hub.connect()
+        hub.cursor = 0
+        riding = riding_client(h, sup)
+        seen: list[dict[str, Any]] = []
+        for _ in range(20):
+            job, _ = await riding.submit(spec("noop"))
+            await h.wait_state(sup, job.id, "completed")
+            done_at = trio.current_time()
+            while True:
+                while client.frames:
+                    text, _ = client.frames.popleft()
+                    seen += [msgspec.json.decode(line) for line in text.split("\n")]
+                if any(m["job_id"] == job.id and m["event"] == "completed" for m in seen):
+                    break
+                with trio.fail_after(30):
+                    await sup.wait_cycle()
+            assert trio.current_time() - done_at < 1.0
+        assert [m["id"] for m in seen] == list(range(1, 61))
+
+
+async def test_a_cycle_that_could_not_tail_makes_the_tailing_lane_tail_again(
+        make_harness: MakeHarness, autojump_clock: MockClock) -> None:
+    # One tail at a time: a cycle that commits events while another cycle's
+    # tail is in flight cannot tail them itself; the tailing lane is told to
+    # cycle again soon (True: more to tail), not at its next idle poll.
+    from deepmox.api.feed import FeedHub
+
+    async with make_harness() as h, h.supervisor() as sup:
+        hub = FeedHub()
+        sup.attach_feed(hub)
+        hub.connect()
+        hub.cursor = 0
+        assert sup.take_tail() == 0
+        assert sup.take_tail() is None, "the other lane's cycle"
+        assert sup.tail_done([]) is True
+        assert sup.take_tail() == 0
+        assert sup.tail_done([]) is False, "nobody missed this one"

@@ -94,6 +94,7 @@ class Supervisor:
         self.budget_use = Histograms(RATIO_BUCKETS)
         self.feed: FeedHub | None = None
         self._tail_busy = False
+        self._tail_missed = False
         self._next_housekeeping = 0.0
         s = cfg.supervisor
         self.retry_policy = policy.RetryPolicy(s.backoff_base_s, s.backoff_max_s,
@@ -270,7 +271,11 @@ class Supervisor:
         """The event id to tail from in this cycle, if the feed has listeners
         and no other lane's cycle is already tailing."""
         hub = self.feed
-        if hub is None or hub.cursor is None or self._tail_busy:
+        if hub is None or hub.cursor is None:
+            return None
+        if self._tail_busy:
+            # this cycle's events come after that tail's read: tail again soon
+            self._tail_missed = True
             return None
         self._tail_busy = True
         return hub.cursor
@@ -283,7 +288,8 @@ class Supervisor:
         self._tail_busy = False
         if self.feed is not None and self.feed.cursor is not None:
             self.feed.publish_events(rows)
-        return len(rows) >= TAIL_LIMIT
+        missed, self._tail_missed = self._tail_missed, False
+        return missed or len(rows) >= TAIL_LIMIT
 
     # -- for the lanes -----------------------------------------------------------
 
