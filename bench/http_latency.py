@@ -3,7 +3,8 @@ an idle daemon, from just before the request is written to completion.
 Target: p50 at most 2 ms, p99 at most 5 ms.
 
 Each repetition starts a fresh daemon and makes four passes of ``--jobs``
-jobs, one client connection (keep-alive) each:
+jobs, one client connection (keep-alive) each (and, for scale on a shared
+machine, measures a bare ``GET /healthz`` round trip and one fdatasync):
 
 1. ``http.client`` (the standard library): the POST's answer (the submission
    is durable), and the daemon's own finish stamp (``finished_at``, written
@@ -24,6 +25,7 @@ from __future__ import annotations
 import argparse
 import http.client
 import json
+import os
 import shutil
 import sqlite3
 import statistics
@@ -132,9 +134,12 @@ def one_rep(jobs: int, interval_s: float, synchronous: str) -> dict[str, list[fl
     daemon = Daemon(cfg_path)
     daemon.start()
     out: dict[str, list[float]] = {k: [] for k in (
-        "answer", "stamp", "answer_httpx2", "stamp_httpx2", "feed", "poll")}
+        "answer", "stamp", "answer_httpx2", "stamp_httpx2", "feed", "poll", "healthz",
+        "fsync")}
     try:
         wait_healthy(port)
+        out["healthz"] = floor_healthz(port, jobs, interval_s)
+        out["fsync"] = floor_fsync(d / "fsync.probe", jobs, interval_s)
         # a fresh connection for each pass: the server closes idle ones after 5 s
         post, get = stdlib_post(port)
         post()
@@ -185,6 +190,42 @@ def one_rep(jobs: int, interval_s: float, synchronous: str) -> dict[str, list[fl
     return out
 
 
+def floor_healthz(port: int, n: int, interval_s: float) -> list[float]:
+    """The same client's round trip to a route that does nothing: what the
+    HTTP layer alone costs on this machine right now."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    out: list[float] = []
+
+    def one() -> None:
+        t0 = time.perf_counter()
+        conn.request("GET", "/healthz")
+        conn.getresponse().read()
+        out.append((time.perf_counter() - t0) * 1000)
+
+    paced(n, interval_s, one)
+    conn.close()
+    return out
+
+
+def floor_fsync(path: Path, n: int, interval_s: float) -> list[float]:
+    """A 4 KiB write and fdatasync on the database's file system: what one
+    durable commit costs at least on this machine right now."""
+    out: list[float] = []
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
+
+    def one() -> None:
+        os.pwrite(fd, b"x" * 4096, 0)
+        t0 = time.perf_counter()
+        os.fdatasync(fd)
+        out.append((time.perf_counter() - t0) * 1000)
+
+    try:
+        paced(n, interval_s, one)
+    finally:
+        os.close(fd)
+    return out
+
+
 def wait_healthy(port: int) -> None:
     deadline = time.time() + 30
     while True:
@@ -220,6 +261,8 @@ ROWS = [
     ("poll", "POST → `completed` seen by the client, `GET` every 0.5 ms"),
     ("stamp_httpx2", "POST → the daemon's finish stamp, httpx2 as the client"),
     ("answer_httpx2", "POST → its answer, httpx2 as the client"),
+    ("healthz", "for scale: `GET /healthz` round trip, http.client (the HTTP layer alone)"),
+    ("fsync", "for scale: one 4 KiB write + fdatasync beside the database"),
 ]
 
 

@@ -173,3 +173,16 @@ async def test_progress_batches_are_one_frame_for_the_fleet_and_filtered_per_job
     assert len(fleet.frames) == 2, "the snapshot, then one frame"
     assert [m.get("job_id") for m in mine[1:]] == ["j7", None]
     assert got[-1]["type"] == "stats"
+
+
+def test_the_daemon_does_not_load_test_tooling() -> None:
+    # trio.testing imports pytest; the feed takes wait_all_tasks_blocked from
+    # trio's core instead, so a daemon stays lean
+    import subprocess
+    import sys
+
+    code = ("import sys, deepmox.daemon; "
+            "print(sorted(m for m in ('pytest', 'trio.testing') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, timeout=60).stdout.strip()
+    assert out == "[]"

@@ -16,7 +16,7 @@ allows, so fanning out costs one send per client per burst, not per event.
 Priority: the feed is an observer and must not slow the work it shows.
 Clients wait at a gate before each send; :meth:`FeedHub.run` opens it for a
 few of them (about ``GAP_SEND_S`` worth of sends) whenever the event loop has
-nothing else to run (:func:`trio.testing.wait_all_tasks_blocked`), and at the
+nothing else to run (trio's ``wait_all_tasks_blocked``), and at the
 latest every ``SEND_DEFER_MAX_S``. While the supervisor has a pull cycle in
 flight (``busy``), sends take the GIL and the CPU from its database thread,
 so then the feed gets at most ``BUSY_SHARE`` of the time (a token bucket
@@ -42,7 +42,10 @@ from typing import Any
 
 import msgspec
 import trio
-import trio.testing
+
+# trio.testing's wait_all_tasks_blocked, from where trio.testing takes it:
+# importing trio.testing itself would load pytest into the daemon (7 MB, 80 ms)
+from trio._core._generated_run import wait_all_tasks_blocked
 
 from ..config import FEED_BACKLOG
 
@@ -261,7 +264,7 @@ class FeedHub:
                 self._arrived = trio.Event()
                 await self._arrived.wait()
             with trio.move_on_after(SEND_DEFER_MAX_S):
-                await trio.testing.wait_all_tasks_blocked()
+                await wait_all_tasks_blocked()
             now = trio.current_time()
             self._tokens = min(BUSY_BURST_S, self._tokens + (now - last) * BUSY_SHARE)
             last = now
