@@ -295,7 +295,8 @@ def main() -> None:
                *table,
                "\nEnd points: the finish stamp is the daemon's own clock as the actor "
                "finishes (before its completion is committed); the answer to the POST comes "
-               "once the submission is committed (synchronous = FULL: fsynced); "
+               f"once the submission is committed (synchronous = {args.synchronous.upper()}"
+               f"{': fsynced' if args.synchronous == 'full' else ': not fsynced'}); "
                "\"seen by the client\" comes once the completion is committed and "
                "reached the client. A submission through the API rides the next pull cycle "
                "of an idle lane, so one transaction commits and claims it; a second commits "
