@@ -74,7 +74,6 @@ BUSY_RECHECK_S = 0.01
 _encode = msgspec.json.Encoder().encode
 
 
-
 class FeedEvent(msgspec.Struct, tag_field="type", tag="event"):
     """An ``event`` message: one row of the ``tail_events`` query, in its
     column order (encoding a struct is several times cheaper than a dict)."""
