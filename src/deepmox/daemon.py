@@ -64,7 +64,10 @@ class Daemon:
         self.supervisor = supervisor
         self.client = client
         #: the live feed's fan-out
-        self.feed = FeedHub(cfg.server.feed_backlog, busy=supervisor.in_cycle)
+        # the feed yields while the local database thread works (a REST
+        # cycle in flight only waits on the network)
+        self.feed = FeedHub(cfg.server.feed_backlog, busy=(
+            supervisor.in_cycle if d1.backend == "sqlite" else lambda: False))
         #: "host:port" the HTTP API listens on, None without one
         self.api_address: str | None = None
         self.notifier = notifier or Notifier({})
