@@ -180,6 +180,23 @@ def machine() -> str:
             f"SQLite {sqlite3.sqlite_version}")
 
 
+def machine_load() -> str:
+    """How busy the shared machine was over the last minute: the load average
+    and, where the kernel reports it, CPU and I/O pressure (the share of time
+    some task waited for a CPU, or every task for I/O)."""
+    parts = [f"load average {os.getloadavg()[0]:.1f}"]
+    for name, kind in (("cpu", "some"), ("io", "full")):
+        try:
+            with open(f"/proc/pressure/{name}") as f:
+                for line in f:
+                    if line.startswith(kind):
+                        avg60 = line.split()[2].split("=")[1]
+                        parts.append(f"{name.upper()} pressure {float(avg60):.0f}% ({kind})")
+        except OSError:
+            pass
+    return ", ".join(parts)
+
+
 def record(section: str, body: str) -> None:
     """Replace (or add) ``## section`` in BENCHMARKS.md with ``body``."""
     text = BENCHMARKS.read_text() if BENCHMARKS.exists() else (
@@ -187,7 +204,8 @@ def record(section: str, body: str) -> None:
         "each section says the command that produced it. Wall-clock figures from a shared "
         "2-core machine: compare the ratios measured in one run.\n")
     stamp = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
-    block = f"## {section}\n\n_{stamp}; {machine()}_\n\n{body.strip()}\n"
+    block = (f"## {section}\n\n_{stamp}; {machine()}; over the last minute: "
+             f"{machine_load()}_\n\n{body.strip()}\n")
     pattern = re.compile(rf"^## {re.escape(section)}\n.*?(?=^## |\Z)", re.S | re.M)
     if pattern.search(text):
         text = pattern.sub(block + "\n", text)

@@ -12,7 +12,7 @@ import os
 import re
 import socket
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Annotated, Any
@@ -21,13 +21,15 @@ import msgspec
 
 from . import wake
 from .actors.registry import Registry
-from .bindings.d1 import D1, open_d1
+from .bindings.d1 import D1, Result, Statement, open_d1
 from .config import MAX_PAYLOAD_BYTES, Config
 from .errors import RefusedError
 from .jobs import Event, Job, dumps, new_id
 from .store import JobStore, NewJob
 
 MAX_PRIORITY = 1_000_000
+#: writes a submission's statements, told the new jobs' ids (see ``Client``)
+SubmitBatch = Callable[[Sequence[Statement], Sequence[str]], Awaitable[list[Result]]]
 MAX_ATTEMPTS_LIMIT = 1_000
 MAX_IDEMPOTENCY_KEY_CHARS = 255
 #: ``jobs --limit`` and ``GET /v1/jobs?limit=`` (0 means all)
@@ -57,11 +59,17 @@ def default_node() -> str:
 class Client:
     def __init__(self, cfg: Config, d1: D1, registry: Registry, *,
                  wall: Callable[[], float] = time.time, node: str | None = None,
-                 on_submit: Callable[[], None] | None = None) -> None:
+                 on_submit: Callable[[], None] | None = None,
+                 submit_batch: SubmitBatch | None = None) -> None:
         """``on_submit``: called after each submission or retry, in place of
-        the local wake-up datagrams (a daemon wakes its own supervisor)."""
+        the local wake-up datagrams (a daemon wakes its own supervisor).
+        ``submit_batch``: writes submissions (their statements, and the new
+        jobs' ids) in place of ``d1.batch`` and starts their claim itself (a
+        daemon's supervisor, whose next pull cycle carries them);
+        ``on_submit`` is then left to retries."""
         self.cfg = cfg
         self.on_submit = on_submit
+        self.submit_batch = submit_batch
         #: a daemon's own wake-up socket, which its own submissions need not use
         self.own_wake_socket: Path | None = None
         self.d1 = d1
@@ -106,12 +114,21 @@ class Client:
                           ) -> list[tuple[Job, bool]]:
         """Submit several jobs in one request; all are validated first."""
         prepared = [self.prepare(spec, key) for spec, key in specs]
-        out = await self.store.submit(prepared)
-        self._wake()
+        if self.submit_batch is None:
+            out = await self.store.submit(prepared)
+            self._wake()
+            return out
+        through, ids = self.submit_batch, [j.id for j in prepared]
+
+        async def batch(statements: Sequence[Statement]) -> list[Result]:
+            return await through(statements, ids)
+
+        out = await self.store.submit(prepared, batch=batch)
+        self._wake(local=False)
         return out
 
-    def _wake(self) -> None:
-        if self.on_submit is not None:
+    def _wake(self, *, local: bool = True) -> None:
+        if local and self.on_submit is not None:
             self.on_submit()
         if self.cfg.d1.backend == "sqlite":
             wake.notify(self.cfg.d1.path, skip=self.own_wake_socket)

@@ -57,6 +57,8 @@ BACKOFF_MAX_S = 300.0
 MAX_DEFERRAL_S = 3600.0
 MAX_PAYLOAD_BYTES = 256 * 1024
 SERVER_LISTEN = "127.0.0.1:8787"
+#: feed messages a websocket client may fall behind by before it is dropped
+FEED_BACKLOG = 50_000
 
 AI_MAX_CONTEXT_CHARS = 20_000
 #: a failing upstream is held for this long after its first failure, doubling
@@ -210,6 +212,8 @@ class ServerConfig(_Section, frozen=True):
     read_token_env: str = "DEEPMOX_READ_TOKEN"
     #: request bodies larger than this are refused (413)
     max_body_bytes: int = MAX_PAYLOAD_BYTES
+    #: messages a feed client may fall behind by before it is closed (1013)
+    feed_backlog: int = FEED_BACKLOG
 
 
 ProviderName = Literal["claude-cli", "anthropic", "heuristic"]
@@ -395,6 +399,7 @@ def _check(cfg: Config) -> Config:
         "supervisor.backoff_max_s": s.backoff_max_s,
         "supervisor.max_actors": s.max_actors,
         "supervisor.max_attempts": s.max_attempts,
+        "server.feed_backlog": cfg.server.feed_backlog,
         "d1.requests_per_5min": cfg.d1.requests_per_5min,
         "d1.timeout_s": cfg.d1.timeout_s,
         "r2.max_threads": cfg.r2.max_threads,

@@ -6,15 +6,18 @@ costs one request from the budget.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import msgspec
 
-from .bindings.d1 import D1, Statement
+from .bindings.d1 import D1, Result, Statement
 from .bindings.d1.queries import Q
 from .errors import ConflictError, NotFoundError
 from .jobs import TERMINAL_STATES, Event, Job, JobState, dumps, event_from_row, job_from_row
+
+#: runs statements as one atomic batch, like :meth:`D1.batch`
+Batch = Callable[[Sequence[Statement]], Awaitable[list[Result]]]
 
 
 class NewJob(msgspec.Struct, frozen=True, kw_only=True):
@@ -35,9 +38,12 @@ class JobStore:
         self.node = node
         self.wall = wall
 
-    async def submit(self, jobs: Sequence[NewJob]) -> list[tuple[Job, bool]]:
+    async def submit(self, jobs: Sequence[NewJob], *, batch: Batch | None = None
+                     ) -> list[tuple[Job, bool]]:
         """Insert ``jobs``; a repeated idempotency key returns the first job.
-        Returns each job as stored, and whether this call created it."""
+        Returns each job as stored, and whether this call created it.
+        ``batch`` runs the statements in place of ``d1.batch`` (a daemon's
+        own client hands them to its supervisor's next pull cycle)."""
         if not jobs:
             return []
         now = self.wall()
@@ -49,7 +55,7 @@ class JobStore:
         ]
         ids = dumps([j.id for j in jobs])
         keys = dumps([{"id": j.id, "key": j.idempotency_key} for j in jobs])
-        results = await self.d1.batch([
+        results = await (batch or self.d1.batch)([
             Statement(Q["insert_jobs_json"], (dumps(rows),)),
             Statement(Q["submitted_events"], (self.node, ids)),
             Statement(Q["jobs_by_id_or_key"], (keys,)),
@@ -124,4 +130,4 @@ class JobStore:
         return job
 
 
-__all__ = ["TERMINAL_STATES", "JobStore", "NewJob"]
+__all__ = ["TERMINAL_STATES", "Batch", "JobStore", "NewJob"]

@@ -26,22 +26,27 @@ def wake_dir(db_path: str) -> Path:
 
 def notify(db_path: str, *, skip: Path | None = None) -> int:
     """Wake every daemon listening beside ``db_path`` (but the one at ``skip``,
-    a daemon's own socket); return how many were told."""
-    folder = wake_dir(db_path)
+    a daemon's own socket); return how many were told. Cheap enough for every
+    submission: one directory read, and no socket at all when nobody else
+    listens."""
+    skipped = skip.name if skip is not None else None  # a socket in this folder
     try:
-        entries = [e for e in folder.iterdir() if e != skip]
+        with os.scandir(db_path + ".wake") as it:
+            entries = [e.path for e in it if e.name != skipped]
     except OSError:
+        return 0
+    if not entries:
         return 0
     told = 0
     with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
         s.setblocking(False)
         for entry in entries:
             try:
-                s.sendto(b"", str(entry))
+                s.sendto(b"", entry)
                 told += 1
             except (ConnectionRefusedError, FileNotFoundError):
                 with contextlib.suppress(OSError):
-                    entry.unlink()
+                    os.unlink(entry)
             except OSError:
                 pass
     return told

@@ -20,7 +20,6 @@ import trio
 from trio_websocket import ConnectionClosed, open_websocket_url
 
 from deepmox import config
-from deepmox.api import feed as feed_module
 from deepmox.client import JobSpec
 from deepmox.daemon import Daemon, serve
 from tests.conftest import TOKEN
@@ -30,11 +29,11 @@ pytestmark = pytest.mark.slow
 
 
 def make_config(tmp_path: Path, node: str, listen: str = "127.0.0.1:0",
-                max_actors: int = 200) -> config.Config:
+                max_actors: int = 200, server: str = "") -> config.Config:
     return config.decode(
         f'[d1]\npath = "{tmp_path / "feed.db"}"\n[r2]\npath = "{tmp_path / "r2"}"\n'
-        f'[server]\nlisten = "{listen}"\n[supervisor]\nnode = "{node}"\npoll_max_s = 0.1\n'
-        f'max_actors = {max_actors}\n')
+        f'[server]\nlisten = "{listen}"\n{server}\n'
+        f'[supervisor]\nnode = "{node}"\npoll_max_s = 0.1\nmax_actors = {max_actors}\n')
 
 
 @asynccontextmanager
@@ -104,9 +103,11 @@ async def test_snapshot_then_every_event_in_order(tmp_path: Path) -> None:
 
 async def test_a_client_that_stops_reading_is_dropped(tmp_path: Path) -> None:
     # 20,000 jobs make 60,000 events (~15 MB): more than the stalled client's
-    # queue (feed.CLIENT_QUEUE) and the kernel's socket buffers together
-    assert feed_module.CLIENT_QUEUE * 3 < 60_000
-    async with running(make_config(tmp_path, "a")) as daemon:
+    # backlog and the kernel's socket buffers together
+    backlog = 10_000
+    assert backlog * 3 < 60_000
+    cfg = make_config(tmp_path, "a", server=f"feed_backlog = {backlog}")
+    async with running(cfg) as daemon:
         url = f"ws://{daemon.api_address}/v1/feed"
         completed: set[str] = set()
         async with open_websocket_url(url) as reader, \

@@ -6,21 +6,36 @@ rides in the cycle's own batch, so the REST backend spends no extra request)
 and hand the rows to :meth:`FeedHub.publish_events`; a ticker publishes the
 progress of this daemon's running actors and, every few seconds, statistics.
 
-Frames: a websocket frame carries one or more messages, one JSON object per
-line: a client that keeps up gets one frame per message, one that lags gets
-what piled up in a single frame (at most ``FRAME_MESSAGES``), so fanning out
-to many clients costs one send per client per burst, not per event.
+Frames: a websocket text frame carries one or more messages, one JSON object
+per line, and at most ``FRAME_CHARS`` of them. Every message is encoded once,
+and the frames of a burst are built once and shared by every client that
+follows the whole fleet (only ``?job=`` clients get frames of their own); a
+client that lags sends what piled up joined into as few frames as the limit
+allows, so fanning out costs one send per client per burst, not per event.
 
-Backpressure: each client has a bounded queue. Publishing never waits: a
-client whose queue is full is dropped -- closed with code 1013 ("try again
-later") -- and the supervisor goes on at full pace. Tailing runs only while
-at least one client is connected.
+Priority: the feed is an observer and must not slow the work it shows.
+Clients wait at a gate before each send; :meth:`FeedHub.run` opens it for a
+few of them (about ``GAP_SEND_S`` worth of sends) whenever the event loop has
+nothing else to run (trio's ``wait_all_tasks_blocked``), and at the
+latest every ``SEND_DEFER_MAX_S``. While the supervisor has a pull cycle in
+flight (``busy``), sends take the GIL and the CPU from its database thread,
+so then the feed gets at most ``BUSY_SHARE`` of the time (a token bucket
+charged with the sends' measured durations). An idle daemon sends at once; a
+saturated one shows a burst of work a little late rather than running it
+slower, and a client that falls too far behind is dropped (below).
+
+Backpressure: each client has a bounded backlog (``[server] feed_backlog``
+messages). Publishing never waits: a client whose backlog would overflow is
+dropped -- closed with code 1013 ("try again later") -- and the supervisor
+goes on at full pace. Frames are shared, so a lagging client costs little
+memory of its own. Tailing runs only while at least one client is connected.
 """
 
 from __future__ import annotations
 
 import logging
-import math
+import time
+from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -28,105 +43,240 @@ from typing import Any
 import msgspec
 import trio
 
+# trio.testing's wait_all_tasks_blocked, from where trio.testing takes it:
+# importing trio.testing itself would load pytest into the daemon (7 MB, 80 ms)
+from trio._core._generated_run import wait_all_tasks_blocked
+
+from ..config import FEED_BACKLOG
+
 log = logging.getLogger("deepmox.feed")
 
-#: messages a client may fall behind by before it is dropped
-CLIENT_QUEUE = 10_000
 STATS_EVERY_S = 2.0
 PROGRESS_EVERY_S = 0.5
 CLOSE_TRY_AGAIN = 1013
-#: messages joined into one frame at most
-FRAME_MESSAGES = 500
+#: characters of messages in one frame at most (one bigger message goes alone);
+#: frames much larger than this cost wsproto and the kernel far more per byte
+FRAME_CHARS = 64 * 1024
+#: how long clients may wait for the event loop to be idle before some send anyway
+SEND_DEFER_MAX_S = 0.25
+#: how much sending one idle gap lets through (the gate admits that many
+#: clients, from the sends' measured duration), and at most how many clients
+GAP_SEND_S = 0.001
+GAP_CLIENTS_MAX = 32
+#: a send's duration counted at most (a send that waits on a slow reader costs no CPU)
+SEND_SAMPLE_MAX_S = 0.002
+#: the share of time the feed's sends may take while the supervisor is busy,
+#: and how much of it may be saved up
+BUSY_SHARE = 0.05
+BUSY_BURST_S = 0.005
+BUSY_RECHECK_S = 0.01
 
 _encode = msgspec.json.Encoder().encode
 
-EVENT_FIELDS = ("id", "job_id", "kind", "event", "ts", "attempt", "state", "progress", "step",
-                "error_class", "detail", "node")
+
+class FeedEvent(msgspec.Struct, tag_field="type", tag="event"):
+    """An ``event`` message: one row of the ``tail_events`` query, in its
+    column order (encoding a struct is several times cheaper than a dict)."""
+
+    id: int
+    job_id: str
+    kind: str | None
+    event: str
+    ts: float
+    attempt: int
+    state: str
+    progress: float | None
+    step: str | None
+    error_class: str | None
+    detail: str | None
+    node: str | None
+
+
+#: a frame's text and how many messages it carries
+Frame = tuple[str, int]
+
+
+def pack(lines: Sequence[str]) -> list[Frame]:
+    """``lines`` (one message each) as frames of at most ``FRAME_CHARS``."""
+    frames: list[Frame] = []
+    start, size = 0, 0
+    for i, line in enumerate(lines):
+        if i > start and size + len(line) > FRAME_CHARS:
+            frames.append(("\n".join(lines[start:i]), i - start))
+            start, size = i, 0
+        size += len(line) + 1
+    if start < len(lines):
+        frames.append(("\n".join(lines[start:]), len(lines) - start))
+    return frames
 
 
 @dataclass(eq=False)
 class FeedClient:
     job: str | None
-    #: queued frames: one or more messages, one JSON object per line
-    send: trio.MemorySendChannel[tuple[bytes, int]]
-    receive: trio.MemoryReceiveChannel[tuple[bytes, int]]
+    #: frames queued for this client, oldest first (shared with other clients)
+    frames: deque[Frame] = field(default_factory=deque)
+    #: set when it is this client's turn to send, or it is dropped or disconnected
+    ready: trio.Event = field(default_factory=trio.Event)
+    #: in the hub's line of clients waiting for a turn
+    queued: bool = False
     dropped: trio.Event = field(default_factory=trio.Event)
     #: messages queued and not yet sent
     backlog: int = 0
+    closed: bool = False
+
+    def take(self) -> Frame:
+        """The queued frames, joined up to ``FRAME_CHARS`` (at least one)."""
+        text, count = self.frames.popleft()
+        if not self.frames or len(text) + len(self.frames[0][0]) >= FRAME_CHARS:
+            return text, count
+        parts, size = [text], len(text)
+        while self.frames and size + len(self.frames[0][0]) < FRAME_CHARS:
+            more, n = self.frames.popleft()
+            parts.append(more)
+            size += len(more) + 1
+            count += n
+        return "\n".join(parts), count
 
 
 class FeedHub:
-    def __init__(self) -> None:
+    def __init__(self, backlog: int = FEED_BACKLOG,
+                 busy: Callable[[], bool] = lambda: False) -> None:
+        """``busy``: whether the daemon's own work is in flight right now (a
+        pull cycle waiting on the database), when sends are rationed."""
+        #: messages a client may fall behind by before it is dropped
+        self.backlog = backlog
+        self.busy = busy
         self.clients: set[FeedClient] = set()
         self.dropped_total = 0
         self.connected_total = 0
         #: the last event id delivered; None while nobody listens
         self.cursor: int | None = None
+        #: clients with frames to send, in line for a turn, and news of the first
+        self._line: deque[FeedClient] = deque()
+        self._arrived = trio.Event()
+        #: a send's duration, a moving average
+        self._send_s = 0.0001
+        #: seconds of sending the feed may still spend while the daemon is busy
+        self._tokens = BUSY_BURST_S
+        self._charged = False
 
     @property
     def active(self) -> bool:
         return bool(self.clients)
 
     def connect(self, job: str | None = None) -> FeedClient:
-        # bounded by the backlog count (messages), not by the channel
-        send, receive = trio.open_memory_channel[tuple[bytes, int]](math.inf)
-        client = FeedClient(job, send, receive)
+        client = FeedClient(job)
         self.clients.add(client)
         self.connected_total += 1
         return client
 
     def disconnect(self, client: FeedClient) -> None:
         self.clients.discard(client)
-        client.send.close()
+        client.closed = True
+        client.frames.clear()
+        client.ready.set()
         if not self.clients:
             self.cursor = None
 
-    def _deliver(self, client: FeedClient, data: bytes, count: int = 1) -> None:
-        if client.dropped.is_set():
+    def _deliver(self, client: FeedClient, frame: Frame) -> None:
+        if client.dropped.is_set() or client.closed:
             return
-        if client.backlog + count > CLIENT_QUEUE:
+        if client.backlog + frame[1] > self.backlog:
             client.dropped.set()
+            client.frames.clear()
+            client.ready.set()
             self.dropped_total += 1
-            log.warning("feed client fell behind by %d messages: dropped", CLIENT_QUEUE,
+            log.warning("feed client fell behind by %d messages: dropped", self.backlog,
                         extra={"event": "feed_client_dropped"})
             return
-        try:
-            client.send.send_nowait((data, count))
-            client.backlog += count
-        except (trio.ClosedResourceError, trio.BrokenResourceError):
-            pass
+        client.frames.append(frame)
+        client.backlog += frame[1]
+        self.enlist(client)
 
     def publish(self, message: dict[str, Any], job: str | None = None) -> None:
         """Send ``message`` to every client (watching ``job``, when given); never waits."""
-        if not self.clients:
-            return
-        data = _encode(message)
-        for client in list(self.clients):
-            if job is None or client.job is None or client.job == job:
-                self._deliver(client, data)
+        self.publish_many([(job, message)])
+
+    def publish_many(self, messages: Sequence[tuple[str | None, dict[str, Any]]]) -> None:
+        """Send each ``(job, message)`` to every client (watching ``job``, when
+        it is not None), in order: each encoded once, packed into frames once,
+        and the same frames queued for every client that follows the fleet."""
+        if self.clients and messages:
+            self._fan_out([(job, _encode(message).decode()) for job, message in messages])
 
     def publish_events(self, rows: Iterable[Sequence[Any]]) -> None:
-        """Rows of the ``tail_events`` query, in order: encoded once, and
-        delivered to each client as one frame."""
-        lines: list[tuple[str, bytes]] = []
-        for row in rows:
-            message = dict(zip(EVENT_FIELDS, row, strict=True))
-            message["type"] = "event"
-            self.cursor = max(self.cursor or 0, int(message["id"]))
-            lines.append((message["job_id"], _encode(message)))
-        if not lines or not self.clients:
+        """Rows of the ``tail_events`` query, in order, as ``event`` messages."""
+        rows = list(rows)
+        if not rows:
             return
-        everything = b"\n".join(data for _, data in lines)
+        self.cursor = max(self.cursor or 0, int(rows[-1][0]))  # rows come in id order
+        if self.clients:
+            self._fan_out([(row[1], _encode(FeedEvent(*row)).decode()) for row in rows])
+
+    def _fan_out(self, lines: Sequence[tuple[str | None, str]]) -> None:
+        everything: list[Frame] | None = None
         for client in list(self.clients):
             if client.job is None:
-                self._deliver(client, everything, len(lines))
+                if everything is None:
+                    everything = pack([line for _, line in lines])
+                for frame in everything:
+                    self._deliver(client, frame)
             else:
-                mine = [data for job, data in lines if job == client.job]
-                if mine:
-                    self._deliver(client, b"\n".join(mine), len(mine))
+                mine = [line for job, line in lines if job is None or job == client.job]
+                for frame in pack(mine):
+                    self._deliver(client, frame)
 
     def send_to(self, client: FeedClient, message: dict[str, Any]) -> None:
-        self._deliver(client, _encode(message))
+        self._deliver(client, (_encode(message).decode(), 1))
+
+    def enlist(self, client: FeedClient) -> None:
+        """Put ``client`` in line for a turn to send (once)."""
+        if not client.queued:
+            client.queued = True
+            self._line.append(client)
+            self._arrived.set()
+
+    def _admit(self, count: int) -> None:
+        while count > 0 and self._line:
+            client = self._line.popleft()
+            client.queued = False
+            if client.frames and not client.closed:
+                client.ready.set()
+                count -= 1
+
+    def sent(self, seconds: float) -> None:
+        """A send took ``seconds``: the gate's measure of how many fit in a
+        gap, and the busy share's bill."""
+        seconds = min(seconds, SEND_SAMPLE_MAX_S)
+        self._send_s += 0.1 * (seconds - self._send_s)
+        if self._charged:
+            self._tokens = max(self._tokens - seconds, -BUSY_BURST_S)
+
+    async def run(self) -> None:
+        """The gate: whenever the event loop is idle (or ``SEND_DEFER_MAX_S``
+        has passed), let about ``GAP_SEND_S`` of waiting clients' sends through;
+        while the daemon is busy, only as far as ``BUSY_SHARE`` allows. Runs in
+        the daemon's nursery; clients wait forever without it."""
+        last = trio.current_time()
+        while True:
+            while not self._line:
+                self._arrived = trio.Event()
+                await self._arrived.wait()
+            with trio.move_on_after(SEND_DEFER_MAX_S):
+                await wait_all_tasks_blocked()
+            now = trio.current_time()
+            self._tokens = min(BUSY_BURST_S, self._tokens + (now - last) * BUSY_SHARE)
+            last = now
+            self._charged = self.busy()
+            if self._charged and self._tokens < 0:
+                # earned back at BUSY_SHARE; looked at again soon, in case the
+                # daemon went idle meanwhile (then sends are not rationed)
+                await trio.sleep(min(-self._tokens / BUSY_SHARE, BUSY_RECHECK_S))
+                continue
+            admit = max(1, min(GAP_CLIENTS_MAX, int(GAP_SEND_S / self._send_s)))
+            self._admit(admit)
+            # the admitted clients run (and send) before the next gap is looked for
+            await trio.lowlevel.cancel_shielded_checkpoint()
 
 
 async def ticker(hub: FeedHub, progress: Callable[[], list[dict[str, Any]]],
@@ -138,39 +288,35 @@ async def ticker(hub: FeedHub, progress: Callable[[], list[dict[str, Any]]],
         await trio.sleep(PROGRESS_EVERY_S)
         if not hub.active:
             continue
-        for message in progress():
-            hub.publish(message, job=message["job_id"])
+        hub.publish_many([(m["job_id"], m) for m in progress()])
         if trio.current_time() >= next_stats:
             next_stats = trio.current_time() + STATS_EVERY_S
             hub.publish({"type": "stats", **(await stats())})
 
 
 async def serve_client(hub: FeedHub, client: FeedClient, snapshot: dict[str, Any],
-                       send_text: Callable[[bytes], Any],
+                       send_text: Callable[[str], Any],
                        close: Callable[[int, str], Any]) -> None:
-    """Deliver ``snapshot`` then the client's queue through ``send_text``
+    """Deliver ``snapshot`` then the client's frames through ``send_text``
     until it disconnects or is dropped (then ``close(1013, ...)``)."""
     try:
-        await send_text(_encode(snapshot))
-        async with trio.open_nursery() as nursery:
-            async def watch_drop() -> None:
-                await client.dropped.wait()
-                nursery.cancel_scope.cancel()
-
-            nursery.start_soon(watch_drop)
-            async for data, count in client.receive:
-                frame, sent = [data], count
-                while sent < FRAME_MESSAGES:
-                    try:
-                        more, n = client.receive.receive_nowait()
-                    except (trio.WouldBlock, trio.EndOfChannel):
-                        break
-                    frame.append(more)
-                    sent += n
-                await send_text(b"\n".join(frame))
-                client.backlog -= sent
-            nursery.cancel_scope.cancel()
-        if client.dropped.is_set():
+        await send_text(_encode(snapshot).decode())
+        while not (client.closed or client.dropped.is_set()):
+            # woken when the gate gives this client its turn (it is in line
+            # whenever it has frames), or when it is dropped or disconnected
+            client.ready = trio.Event()
+            if client.frames:
+                hub.enlist(client)
+            await client.ready.wait()
+            if client.closed or client.dropped.is_set() or not client.frames:
+                continue
+            text, count = client.take()
+            # the frame is this client's now: a drop meanwhile clears only the rest
+            began = time.perf_counter()
+            await send_text(text)
+            hub.sent(time.perf_counter() - began)
+            client.backlog -= count
+        if client.dropped.is_set() and not client.closed:
             with trio.move_on_after(1):
                 await close(CLOSE_TRY_AGAIN, "fell behind the feed")
     finally:
@@ -201,8 +347,8 @@ async def asgi_feed(scope: dict[str, Any], receive: Callable[[], Any],
         hub.disconnect(client)
         raise
 
-    async def send_text(data: bytes) -> None:
-        await send({"type": "websocket.send", "text": data.decode()})
+    async def send_text(text: str) -> None:
+        await send({"type": "websocket.send", "text": text})
 
     async def close(code: int, reason: str) -> None:
         await send({"type": "websocket.close", "code": code, "reason": reason})

@@ -3,6 +3,8 @@
 Everything the supervisor has to tell or ask the database goes out together,
 in this order, as one atomic batch:
 
+0. the statements of local submissions riding this cycle (so its claim
+   sees the new jobs);
 1. ``lease_lost`` notes and throttle extensions that piled up;
 2. the acknowledgements (checkpoints and outcomes, fenced by lease token)
    and their events; which took effect comes back from ``RETURNING`` (or,
@@ -79,7 +81,8 @@ class Cycle:
         return len(self.statements) - 1
 
 
-def build(*, now: float, node: str, acks: Sequence[Ack], lost: Sequence[dict[str, str]],
+def build(*, head: Sequence[Statement] = (), now: float, node: str, acks: Sequence[Ack],
+          lost: Sequence[dict[str, str]],
           throttles: Sequence[dict[str, object]], claims: Sequence[ClaimSpec], free: int,
           token: str, leases: dict[str, float], default_lease_s: float,
           adopt_tokens: Sequence[str], resent: bool = False,
@@ -88,8 +91,10 @@ def build(*, now: float, node: str, acks: Sequence[Ack], lost: Sequence[dict[str
     lost; then which took effect is asked of ``last_ack``, not of this
     request's ``RETURNING``. ``housekeeping``: reap expired leases and read
     the throttles in this cycle (a few times a second is enough; a cycle
-    without them is leaner, which is what a single submission waits on)."""
-    c = Cycle()
+    without them is leaner, which is what a single submission waits on).
+    ``head``: statements that go first (riding submissions), their results
+    the first of the answer."""
+    c = Cycle(statements=list(head))
     if lost:
         c.add(Q["lease_lost_events"], now, node, dumps(list(lost)))
     if throttles:

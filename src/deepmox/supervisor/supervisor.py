@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Sequence
 from typing import TYPE_CHECKING, Any
 
 import msgspec
@@ -29,14 +29,14 @@ from ..actors.actor import Actor, Finish
 from ..actors.registry import Registry
 from ..bindings import Bindings
 from ..bindings.ai import AI
-from ..bindings.d1 import D1
+from ..bindings.d1 import D1, Result, Statement
 from ..config import Config
 from ..errors import LeaseLostError
 from ..jobs import Claimed, EventType, JobState
 from . import policy
 from .budget import CostModel, family
 from .histograms import Histograms
-from .lane import Lane, Queued, share
+from .lane import Lane, Queued, riding_lane, share
 from .pull import TAIL_LIMIT, Ack
 
 if TYPE_CHECKING:
@@ -98,6 +98,7 @@ class Supervisor:
         self.budget_use = Histograms(RATIO_BUCKETS)
         self.feed: FeedHub | None = None
         self._tail_busy = False
+        self._tail_missed = False
         self._next_housekeeping = 0.0
         s = cfg.supervisor
         self.retry_policy = policy.RetryPolicy(s.backoff_base_s, s.backoff_max_s,
@@ -193,6 +194,21 @@ class Supervisor:
             return
         max(self.lanes, key=lambda lane: lane.slots - lane.running).wake.set()
 
+    async def submit_batch(self, statements: Sequence[Statement],
+                           new_ids: Collection[str] = ()) -> list[Result]:
+        """Write a local submission's statements (the daemon's own client;
+        ``new_ids``: the jobs it submits).
+
+        On SQLite they ride the next cycle of a lane (:meth:`Lane.ride`), which
+        claims the new jobs in the same transaction; otherwise (REST, draining,
+        a lane backing off) they go out on their own and a cycle is woken."""
+        lane = riding_lane(self.lanes) if self.d1.backend == "sqlite" else None
+        if lane is not None:
+            return await lane.ride(statements, new_ids)
+        results = await self.d1.batch(statements)
+        self.wake()
+        return results
+
     def stop(self) -> None:
         """Drain: claim nothing more, give actors ``drain_s``, then release."""
         if not self._draining:
@@ -211,6 +227,10 @@ class Supervisor:
                      extra={"event": "releasing"})
             for scope in self._scopes.values():
                 scope.cancel()
+
+    def in_cycle(self) -> bool:
+        """Whether a pull cycle is in flight (the database is working for us)."""
+        return any(lane.in_cycle for lane in self.lanes)
 
     @property
     def draining(self) -> bool:
@@ -262,7 +282,11 @@ class Supervisor:
         """The event id to tail from in this cycle, if the feed has listeners
         and no other lane's cycle is already tailing."""
         hub = self.feed
-        if hub is None or hub.cursor is None or self._tail_busy:
+        if hub is None or hub.cursor is None:
+            return None
+        if self._tail_busy:
+            # this cycle's events come after that tail's read: tail again soon
+            self._tail_missed = True
             return None
         self._tail_busy = True
         return hub.cursor
@@ -275,7 +299,8 @@ class Supervisor:
         self._tail_busy = False
         if self.feed is not None and self.feed.cursor is not None:
             self.feed.publish_events(rows)
-        return len(rows) >= TAIL_LIMIT
+        missed, self._tail_missed = self._tail_missed, False
+        return missed or len(rows) >= TAIL_LIMIT
 
     # -- for the lanes -----------------------------------------------------------
 
@@ -290,11 +315,12 @@ class Supervisor:
         self._lost[:0] = lost
         self._new_throttles[:0] = throttles
 
-    def take_housekeeping(self) -> bool:
+    def take_housekeeping(self, *, defer: bool = False) -> bool:
         """Whether this cycle reaps and reads the throttles: at most every
-        ``HOUSEKEEPING_S`` across the lanes."""
+        ``HOUSEKEEPING_S`` across the lanes. ``defer``: a submission waits on
+        this cycle, so only when it is overdue by another ``HOUSEKEEPING_S``."""
         now = trio.current_time()
-        if now < self._next_housekeeping:
+        if now < self._next_housekeeping + (HOUSEKEEPING_S if defer else 0.0):
             return False
         self._next_housekeeping = now + HOUSEKEEPING_S
         return True
