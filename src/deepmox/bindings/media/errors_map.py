@@ -102,6 +102,8 @@ _UNDECODABLE = (
     "ebml header parsing failed",
     "truncating packet",
     "end of file",
+    # a stream cut before its first decodable frame (a Matroska file cut short)
+    "cannot determine format of input stream",
 )
 
 #: what the demuxers refused by the format whitelist are, in plain words
