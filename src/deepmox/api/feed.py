@@ -1,10 +1,12 @@
 """The live feed: every job event of the fleet, and this daemon's live
 progress, fanned out to websocket clients.
 
-Sources: the supervisor's pull cycles tail ``job_events`` from D1 (the query
-rides in the cycle's own batch, so the REST backend spends no extra request)
-and hand the rows to :meth:`FeedHub.publish_events`; a ticker publishes the
-progress of this daemon's running actors and, every few seconds, statistics.
+Sources: the supervisor's pull cycles hand the hub's :class:`Timeline` the
+events they wrote themselves (known without reading them back) and those of
+everybody else, read back from ``job_events`` in the cycles' own batches (so
+the REST backend spends no extra request); the timeline delivers them in id
+order, each once. A ticker publishes the progress of this daemon's running
+actors and, every few seconds, statistics.
 
 Frames: a websocket text frame carries one or more messages, one JSON object
 per line, and at most ``FRAME_CHARS`` of them. Every message is encoded once,
@@ -48,6 +50,7 @@ import trio
 from trio._core._generated_run import wait_all_tasks_blocked
 
 from ..config import FEED_BACKLOG
+from ..supervisor.timeline import FeedEvent, Timeline
 
 log = logging.getLogger("deepmox.feed")
 
@@ -74,26 +77,10 @@ BUSY_RECHECK_S = 0.01
 _encode = msgspec.json.Encoder().encode
 
 
-class FeedEvent(msgspec.Struct, tag_field="type", tag="event"):
-    """An ``event`` message: one row of the ``tail_events`` query, in its
-    column order (encoding a struct is several times cheaper than a dict)."""
-
-    id: int
-    job_id: str
-    kind: str | None
-    event: str
-    ts: float
-    attempt: int
-    state: str
-    progress: float | None
-    step: str | None
-    error_class: str | None
-    detail: str | None
-    node: str | None
-
-
 #: a frame's text and how many messages it carries
 Frame = tuple[str, int]
+#: a message published and not encoded yet
+Message = FeedEvent | dict[str, Any]
 
 
 def pack(lines: Sequence[str]) -> list[Frame]:
@@ -149,8 +136,10 @@ class FeedHub:
         self.clients: set[FeedClient] = set()
         self.dropped_total = 0
         self.connected_total = 0
-        #: the last event id delivered; None while nobody listens
-        self.cursor: int | None = None
+        #: the events of the fleet in order, delivered here
+        self.timeline = Timeline(self._publish_in_order)
+        #: messages published since the last flush, with the job of each
+        self._pending: list[tuple[str | None, Message]] = []
         #: clients with frames to send, in line for a turn, and news of the first
         self._line: deque[FeedClient] = deque()
         self._arrived = trio.Event()
@@ -164,6 +153,16 @@ class FeedHub:
     def active(self) -> bool:
         return bool(self.clients)
 
+    @property
+    def cursor(self) -> int | None:
+        """The last event id delivered; None while nobody listens."""
+        return self.timeline.cursor
+
+    @cursor.setter
+    def cursor(self, event_id: int | None) -> None:
+        """Deliver the events after ``event_id`` from now on."""
+        self.timeline.start(event_id)
+
     def connect(self, job: str | None = None) -> FeedClient:
         client = FeedClient(job)
         self.clients.add(client)
@@ -176,7 +175,8 @@ class FeedHub:
         client.frames.clear()
         client.ready.set()
         if not self.clients:
-            self.cursor = None
+            self.timeline.start(None)
+            self._pending.clear()
 
     def _deliver(self, client: FeedClient, frame: Frame) -> None:
         if client.dropped.is_set() or client.closed:
@@ -199,19 +199,41 @@ class FeedHub:
 
     def publish_many(self, messages: Sequence[tuple[str | None, dict[str, Any]]]) -> None:
         """Send each ``(job, message)`` to every client (watching ``job``, when
-        it is not None), in order: each encoded once, packed into frames once,
-        and the same frames queued for every client that follows the fleet."""
+        it is not None), in order, after what was published before. Only
+        queued here: the gate (:meth:`run`) encodes what piled up, once for
+        every client, when it lets clients send."""
         if self.clients and messages:
-            self._fan_out([(job, _encode(message).decode()) for job, message in messages])
+            self._queue(messages)
 
     def publish_events(self, rows: Iterable[Sequence[Any]]) -> None:
-        """Rows of the ``tail_events`` query, in order, as ``event`` messages."""
-        rows = list(rows)
-        if not rows:
+        """Rows of the ``tail_events`` query that are the next events in
+        order, as ``event`` messages, queued for every client at once; the
+        cursor moves past them."""
+        events = [FeedEvent(*row) for row in rows]
+        if not events:
             return
-        self.cursor = max(self.cursor or 0, int(rows[-1][0]))  # rows come in id order
+        if self.timeline.cursor is None:
+            self.timeline.start(0)
+        self._publish_in_order(events)
+        self.timeline.skip_to(events[-1].id)
+        self.flush()
+
+    def _publish_in_order(self, events: Sequence[FeedEvent]) -> None:
         if self.clients:
-            self._fan_out([(row[1], _encode(FeedEvent(*row)).decode()) for row in rows])
+            self._queue([(e.job_id, e) for e in events])
+
+    def _queue(self, messages: Iterable[tuple[str | None, Message]]) -> None:
+        self._pending.extend(messages)
+        self._arrived.set()
+        if len(self._pending) > self.backlog:
+            self.flush()  # more than any client may lag by: drop them now
+
+    def flush(self) -> None:
+        """Encode what was published since the last flush and queue its
+        frames for the clients."""
+        pending, self._pending = self._pending, []
+        if pending and self.clients:
+            self._fan_out([(job, _encode(m).decode()) for job, m in pending])
 
     def _fan_out(self, lines: Sequence[tuple[str | None, str]]) -> None:
         everything: list[Frame] | None = None
@@ -259,7 +281,7 @@ class FeedHub:
         the daemon's nursery; clients wait forever without it."""
         last = trio.current_time()
         while True:
-            while not self._line:
+            while not self._line and not self._pending:
                 self._arrived = trio.Event()
                 await self._arrived.wait()
             with trio.move_on_after(SEND_DEFER_MAX_S):
@@ -273,6 +295,11 @@ class FeedHub:
                 # daemon went idle meanwhile (then sends are not rationed)
                 await trio.sleep(min(-self._tokens / BUSY_SHARE, BUSY_RECHECK_S))
                 continue
+            if self._pending:
+                began = time.perf_counter()
+                self.flush()
+                if self._charged:
+                    self._tokens -= time.perf_counter() - began
             admit = max(1, min(GAP_CLIENTS_MAX, int(GAP_SEND_S / self._send_s)))
             self._admit(admit)
             # the admitted clients run (and send) before the next gap is looked for
@@ -341,7 +368,9 @@ async def asgi_feed(scope: dict[str, Any], receive: Callable[[], Any],
     client = hub.connect(job)
     try:
         if hub.cursor is None:
-            hub.cursor = int(await last_event_id())
+            start = int(await last_event_id())
+            if hub.cursor is None:  # not set by a client that connected meanwhile
+                hub.cursor = start
         snap = await snapshot(job)
     except BaseException:
         hub.disconnect(client)

@@ -51,6 +51,8 @@ FAILED_CYCLE_MIN_S = 0.05
 class Queued:
     ack: Ack
     kind: str = ""
+    #: the attempt the job's row holds (None: unknown, its row is broken)
+    attempt: int | None = None
     done: trio.Event | None = None
     ok: bool | None = None
 
@@ -212,7 +214,7 @@ class Lane:
 
     async def _cycle(self) -> bool:
         """One cycle; True when it found work it was not told about (claimed
-        jobs other than its riders', or more fleet events to tail)."""
+        jobs other than its riders', or fleet events left to read back)."""
         self.in_cycle = True
         try:
             return await self._cycle_once()
@@ -228,24 +230,24 @@ class Lane:
         adopt = list(self.adopt)
         free, claims = self._free_slots()
         token = secrets.token_hex(8)
-        tail_after = sup.take_tail()
         # a submission waits on this cycle: the reaper and the throttles can
         # wait for the next one (a few times a second is all they need)
         housekeeping = sup.take_housekeeping(defer=bool(riders))
+        # taken last, right before the batch goes out: in sending order
+        ticket = sup.feed_ticket()
         cycle = pull.build(
             head=[stmt for r in riders for stmt in r.statements], now=now, node=sup.node,
             acks=[q.ack for q in queued], lost=lost,
             throttles=throttles, claims=claims, free=free, token=token,
             leases=sup.leases, default_lease_s=sup.default_lease_s, adopt_tokens=adopt,
-            resent=self.resent, tail_after=tail_after, housekeeping=housekeeping)
+            resent=self.resent, feed=ticket, housekeeping=housekeeping)
         try:
             results = await sup.d1.batch(cycle.statements)
         except BaseException as exc:
             for r in riders:
                 r.error = exc
                 r.done.set()
-            if tail_after is not None:
-                sup.tail_done(None)
+            sup.feed_failed(ticket)
             if housekeeping:
                 sup.housekeeping_failed()
             # Nothing is known to have happened: everything goes again next
@@ -278,8 +280,8 @@ class Lane:
         claimed = pull.claimed_rows(cycle, results)
         for job in claimed:
             sup.spawn(job, self)
+        more = sup.feed_answered(ticket, cycle, results, queued, now)
         sup.cycle_finished(now, reaped, throttle_rows)
-        more = sup.tail_done(results[cycle.tail].rows) if cycle.tail is not None else False
         told = {job_id for r in riders for job_id in r.new_ids}
         found = any(job.id not in told for job in claimed)
         return found or more

@@ -37,7 +37,8 @@ from . import policy
 from .budget import CostModel, family
 from .histograms import Histograms
 from .lane import Lane, Queued, riding_lane, share
-from .pull import TAIL_LIMIT, Ack
+from .pull import Ack, Cycle, own_events
+from .timeline import FeedEvent, Span, Ticket
 
 if TYPE_CHECKING:
     from ..api.feed import FeedHub
@@ -97,8 +98,6 @@ class Supervisor:
         self.step_seconds = Histograms(STEP_BUCKETS_S)
         self.budget_use = Histograms(RATIO_BUCKETS)
         self.feed: FeedHub | None = None
-        self._tail_busy = False
-        self._tail_missed = False
         self._next_housekeeping = 0.0
         s = cfg.supervisor
         self.retry_policy = policy.RetryPolicy(s.backoff_base_s, s.backoff_max_s,
@@ -176,7 +175,7 @@ class Supervisor:
             state=JobState.IN_PROGRESS.value, event=EventType.STEP_COMPLETED.value,
             ts=self._wall(), has_checkpoint=True, checkpoint=actor.checkpoint_json(),
             progress=actor.progress, step=actor.last_step, detail=actor.step_note)
-        q = Queued(ack, actor.kind, done=trio.Event())
+        q = Queued(ack, actor.kind, self._attempt_of(actor), done=trio.Event())
         self._lanes_of[(actor.job_id, actor.job.lease_token)].enqueue(q)
         assert q.done is not None
         await q.done.wait()
@@ -278,29 +277,42 @@ class Supervisor:
     def attach_feed(self, hub: FeedHub) -> None:
         self.feed = hub
 
-    def take_tail(self) -> int | None:
-        """The event id to tail from in this cycle, if the feed has listeners
-        and no other lane's cycle is already tailing."""
-        hub = self.feed
-        if hub is None or hub.cursor is None:
-            return None
-        if self._tail_busy:
-            # this cycle's events come after that tail's read: tail again soon
-            self._tail_missed = True
-            return None
-        self._tail_busy = True
-        return hub.cursor
+    def feed_ticket(self) -> Ticket | None:
+        """What the next cycle reads for the feed (None: nobody listens).
+        Taken right before the cycle is sent: tickets go in sending order."""
+        return self.feed.timeline.begin() if self.feed is not None else None
 
-    def tail_done(self, rows: list[list[Any]] | None) -> bool:
-        """Publish tailed events; True when more are waiting."""
-        if rows is None:  # no tail in this cycle, or it failed: try again next time
-            self._tail_busy = False
+    def feed_failed(self, ticket: Ticket | None) -> None:
+        if ticket is not None and self.feed is not None:
+            self.feed.timeline.fail(ticket)
+
+    def feed_answered(self, ticket: Ticket | None, cycle: Cycle, results: list[Result],
+                      queued: Sequence[Queued], now: float) -> bool:
+        """Hand what the cycle read and what it wrote itself to the feed's
+        timeline; True when more is waiting to be read back."""
+        if ticket is None or self.feed is None:
             return False
-        self._tail_busy = False
-        if self.feed is not None and self.feed.cursor is not None:
-            self.feed.publish_events(rows)
-        missed, self._tail_missed = self._tail_missed, False
-        return missed or len(rows) >= TAIL_LIMIT
+        spans: list[Span] = []
+        if cycle.tail is not None and ticket.tail_after is not None:
+            events = [FeedEvent(*row) for row in results[cycle.tail].rows]
+            spans.append(Span(ticket.tail_after, events[-1].id if events else ticket.tail_after,
+                              events))
+        if cycle.gaps is not None:
+            events = [FeedEvent(*row) for row in results[cycle.gaps].rows]
+            at = 0
+            for lo, hi in ticket.gaps:  # both in id order
+                while at < len(events) and events[at].id <= lo:
+                    at += 1
+                begin = at
+                while at < len(events) and events[at].id <= hi:
+                    at += 1
+                spans.append(Span(lo, hi, events[begin:at]))
+        own = own_events(cycle, results, node=self.node, now=now,
+                         jobs={q.ack.id: (q.kind, q.attempt) for q in queued})
+        if own:
+            spans += own
+        top = results[cycle.top].scalar() if cycle.top is not None else 0
+        return self.feed.timeline.finish(ticket, spans, int(top or 0))
 
     # -- for the lanes -----------------------------------------------------------
 
@@ -399,7 +411,8 @@ class Supervisor:
                 finish = actor.on_cancelled(releasing=self.releasing)
             lane = self._lanes_of[key]
             if finish is not None:
-                lane.enqueue(Queued(self._finish(actor, finish), job.kind))
+                lane.enqueue(Queued(self._finish(actor, finish), job.kind,
+                                    self._attempt_of(actor)))
             self.budget_use.observe((job.kind,), (trio.current_time() - started) /
                                     actor.budget_s)
         finally:
@@ -413,6 +426,12 @@ class Supervisor:
             lane.running_by_kind[job.kind] -= 1
             self._running_by_kind[job.kind] -= 1
             lane.wake.set()
+
+    @staticmethod
+    def _attempt_of(actor: Actor) -> int | None:
+        """The attempt the job's row holds while ``actor`` runs it (None: the
+        row is broken, and holds something else)."""
+        return None if actor.job.broken is not None else actor.job.attempt
 
     def _finish(self, actor: Actor, finish: Finish) -> Ack:
         d = finish.decision

@@ -103,34 +103,44 @@ WHERE id IN (
     LIMIT max(0, min(?, ? - (SELECT count(*) FROM jobs WHERE lease_token = ?)))
 )
 RETURNING id, kind, payload, attempt, max_attempts, lease_token, lease_until, checkpoint,
-          progress, deferred_s;
+          progress, deferred_s, step;
 
 -- name: claimed_events
+-- Parameters: now, details (JSON object kind -> the event's detail text), token.
+-- The supervisor writes each kind's detail itself (the lease and its end, as
+-- the claim computes it), so that it knows the event without reading it
+-- back; in job id order, so that it knows which id each event got.
 INSERT INTO job_events (job_id, type, ts, attempt, state, progress, step, detail, node)
 SELECT id, 'claimed', ?, attempt, 'in_progress', progress, step,
-       json_object('lease', lease_token, 'lease_until', lease_until), lease_owner
-FROM jobs WHERE lease_token = ?;
+       coalesce((SELECT d.value FROM json_each(?) AS d WHERE d.key = jobs.kind),
+                json_object('lease', lease_token, 'lease_until', lease_until)),
+       lease_owner
+FROM jobs WHERE lease_token = ? ORDER BY id;
 
 -- name: adopt
 -- Rows claimed by a cycle whose answer never arrived: the claim may have committed.
 SELECT id, kind, payload, attempt, max_attempts, lease_token, lease_until, checkpoint,
-       progress, deferred_s
+       progress, deferred_s, step
 FROM jobs WHERE state = 'in_progress' AND lease_token IN (SELECT value FROM json_each(?));
 
 -- name: ack_events
 -- The acknowledgement rows are unpacked once (a materialized CTE) rather than
 -- once per column reference; the unary + keeps the planner on the primary key.
+-- In the order of the acknowledgements, so that the supervisor knows which id
+-- each event got (it publishes its own events to the feed without reading
+-- them back); INSERT comes first, or Python's sqlite3 reports no changes.
+INSERT INTO job_events (job_id, type, ts, attempt, state, progress, step, error_class, detail, node)
 WITH a AS MATERIALIZED (
-    SELECT value->>'id' AS id, value->>'tok' AS tok, value->>'event' AS event,
+    SELECT key AS n, value->>'id' AS id, value->>'tok' AS tok, value->>'event' AS event,
            value->>'ts' AS ts, value->>'state' AS state, value->>'progress' AS progress,
            value->>'step' AS step, value->>'error_class' AS error_class,
            value->>'detail' AS detail
     FROM json_each(?))
-INSERT INTO job_events (job_id, type, ts, attempt, state, progress, step, error_class, detail, node)
 SELECT jobs.id, a.event, a.ts, jobs.attempt, a.state, coalesce(a.progress, jobs.progress),
        coalesce(a.step, jobs.step), a.error_class, a.detail, ?
 FROM a CROSS JOIN jobs ON jobs.id = a.id
-WHERE jobs.lease_token = a.tok AND +jobs.state = 'in_progress';
+WHERE jobs.lease_token = a.tok AND +jobs.state = 'in_progress'
+ORDER BY a.n;
 
 -- name: ack
 WITH a AS MATERIALIZED (
@@ -164,15 +174,17 @@ RETURNING jobs.id;
 
 -- name: complete_events
 -- The common case, completions, in a leaner shape: arrays
--- [id, tok, ts, step, ack, result, checkpoint] instead of objects, fewer fields.
-WITH a AS MATERIALIZED (
-    SELECT value->>0 AS id, value->>1 AS tok, value->>2 AS ts, value->>3 AS step
-    FROM json_each(?))
+-- [id, tok, ts, step, ack, result, checkpoint] instead of objects, fewer fields;
+-- in their order, as ack_events.
 INSERT INTO job_events (job_id, type, ts, attempt, state, progress, step, node)
+WITH a AS MATERIALIZED (
+    SELECT key AS n, value->>0 AS id, value->>1 AS tok, value->>2 AS ts, value->>3 AS step
+    FROM json_each(?))
 SELECT jobs.id, 'completed', a.ts, jobs.attempt, 'completed', 1.0,
        coalesce(a.step, jobs.step), ?
 FROM a CROSS JOIN jobs ON jobs.id = a.id
-WHERE jobs.lease_token = a.tok AND +jobs.state = 'in_progress';
+WHERE jobs.lease_token = a.tok AND +jobs.state = 'in_progress'
+ORDER BY a.n;
 
 -- name: complete
 WITH a AS MATERIALIZED (
@@ -230,6 +242,16 @@ SELECT e.id, e.job_id, j.kind, e.type, e.ts, e.attempt, e.state, e.progress, e.s
        e.error_class, e.detail, e.node
 FROM job_events AS e LEFT JOIN jobs AS j ON j.id = e.job_id
 WHERE e.id > ? ORDER BY e.id LIMIT ?;
+
+-- name: tail_ranges
+-- The events with ids in the given ranges, for the live feed: a JSON array of
+-- [after, up_to] pairs (ids the pull cycles did not account for).
+SELECT e.id, e.job_id, j.kind, e.type, e.ts, e.attempt, e.state, e.progress, e.step,
+       e.error_class, e.detail, e.node
+FROM json_each(?) AS g
+JOIN job_events AS e ON e.id > g.value->>0 AND e.id <= g.value->>1
+LEFT JOIN jobs AS j ON j.id = e.job_id
+ORDER BY e.id;
 
 -- name: last_event_id
 SELECT coalesce(max(id), 0) FROM job_events;
