@@ -74,7 +74,9 @@ BUSY_SHARE = 0.05
 BUSY_BURST_S = 0.005
 BUSY_RECHECK_S = 0.01
 
-_encode = msgspec.json.Encoder().encode
+_encoder = msgspec.json.Encoder()
+_encode = _encoder.encode
+_encode_lines = _encoder.encode_lines
 
 
 #: a frame's text and how many messages it carries
@@ -85,15 +87,24 @@ Message = FeedEvent | dict[str, Any]
 
 def pack(lines: Sequence[str]) -> list[Frame]:
     """``lines`` (one message each) as frames of at most ``FRAME_CHARS``."""
+    return pack_text("\n".join(lines)) if lines else []
+
+
+def pack_text(text: str) -> list[Frame]:
+    """``text`` (messages, one per line) cut at line ends into frames of at
+    most ``FRAME_CHARS`` (a longer line goes alone)."""
     frames: list[Frame] = []
-    start, size = 0, 0
-    for i, line in enumerate(lines):
-        if i > start and size + len(line) > FRAME_CHARS:
-            frames.append(("\n".join(lines[start:i]), i - start))
-            start, size = i, 0
-        size += len(line) + 1
-    if start < len(lines):
-        frames.append(("\n".join(lines[start:]), len(lines) - start))
+    start, end = 0, len(text)
+    while start < end:
+        stop = end
+        if end - start > FRAME_CHARS:
+            stop = text.rfind("\n", start, start + FRAME_CHARS + 1)
+            if stop <= start:  # one line longer than a frame
+                stop = text.find("\n", start + FRAME_CHARS)
+                stop = end if stop < 0 else stop
+        chunk = text[start:stop]
+        frames.append((chunk, chunk.count("\n") + 1))
+        start = stop + 1
     return frames
 
 
@@ -178,10 +189,12 @@ class FeedHub:
             self.timeline.start(None)
             self._pending.clear()
 
-    def _deliver(self, client: FeedClient, frame: Frame) -> None:
+    def _deliver(self, client: FeedClient, frames: Sequence[Frame], count: int) -> None:
+        """Queue ``frames`` (``count`` messages in all) for ``client``, or
+        drop it when that is more than it may lag by."""
         if client.dropped.is_set() or client.closed:
             return
-        if client.backlog + frame[1] > self.backlog:
+        if client.backlog + count > self.backlog:
             client.dropped.set()
             client.frames.clear()
             client.ready.set()
@@ -189,8 +202,8 @@ class FeedHub:
             log.warning("feed client fell behind by %d messages: dropped", self.backlog,
                         extra={"event": "feed_client_dropped"})
             return
-        client.frames.append(frame)
-        client.backlog += frame[1]
+        client.frames.extend(frames)
+        client.backlog += count
         self.enlist(client)
 
     def publish(self, message: dict[str, Any], job: str | None = None) -> None:
@@ -229,27 +242,26 @@ class FeedHub:
             self.flush()  # more than any client may lag by: drop them now
 
     def flush(self) -> None:
-        """Encode what was published since the last flush and queue its
-        frames for the clients."""
+        """Encode what was published since the last flush (in one go: one
+        JSON object per line is the frames' format) and queue its frames for
+        the clients: the same frames for every client of the whole fleet."""
         pending, self._pending = self._pending, []
-        if pending and self.clients:
-            self._fan_out([(job, _encode(m).decode()) for job, m in pending])
-
-    def _fan_out(self, lines: Sequence[tuple[str | None, str]]) -> None:
-        everything: list[Frame] | None = None
+        if not pending or not self.clients:
+            return
+        text = _encode_lines([m for _, m in pending]).decode()[:-1]
+        everything = pack_text(text)
+        total = len(pending)
+        lines: list[str] | None = None
         for client in list(self.clients):
             if client.job is None:
-                if everything is None:
-                    everything = pack([line for _, line in lines])
-                for frame in everything:
-                    self._deliver(client, frame)
-            else:
-                mine = [line for job, line in lines if job is None or job == client.job]
-                for frame in pack(mine):
-                    self._deliver(client, frame)
-
-    def send_to(self, client: FeedClient, message: dict[str, Any]) -> None:
-        self._deliver(client, (_encode(message).decode(), 1))
+                self._deliver(client, everything, total)
+                continue
+            if lines is None:  # JSON text holds no raw newline: one message a line
+                lines = text.split("\n")
+            mine = [line for (job, _), line in zip(pending, lines, strict=True)
+                    if job is None or job == client.job]
+            if mine:
+                self._deliver(client, pack(mine), len(mine))
 
     def enlist(self, client: FeedClient) -> None:
         """Put ``client`` in line for a turn to send (once)."""
