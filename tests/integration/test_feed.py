@@ -8,7 +8,8 @@ never on the wall clock.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -20,8 +21,16 @@ import trio
 from trio_websocket import ConnectionClosed, open_websocket_url
 
 from deepmox import config
-from deepmox.client import JobSpec
+from deepmox.actors.registry import Registry
+from deepmox.api.feed import FeedHub
+from deepmox.bindings.d1 import Result, Statement
+from deepmox.bindings.d1.http import HttpD1
+from deepmox.bindings.d1.migrate import migrate
+from deepmox.bindings.d1.queries import Q
+from deepmox.client import Client, JobSpec
 from deepmox.daemon import Daemon, serve
+from deepmox.supervisor import Supervisor
+from deepmox.supervisor.timeline import FeedEvent
 from tests.conftest import TOKEN
 from tests.fakes.d1_server import D1Fake
 
@@ -163,6 +172,116 @@ async def test_events_of_another_daemon_arrive(tmp_path: Path) -> None:
                             ids.discard(m["job_id"])
                             nodes.add(m["node"])
                 assert "b" in nodes
+
+
+def rest_config(tmp_path: Path, d1_fake: D1Fake, node: str, listen: str) -> config.Config:
+    return config.decode(
+        f'[d1]\nbackend = "http"\napi_base = "{d1_fake.api_base}"\n'
+        f'account_id = "{d1_fake.account_id}"\ndatabase_id = "{d1_fake.database_id}"\n'
+        'requests_per_5min = 100000\n'
+        f'[r2]\npath = "{tmp_path / "r2"}"\n[server]\nlisten = "{listen}"\n'
+        f'[supervisor]\nnode = "{node}"\npoll_max_s = 0.1\n')
+
+
+async def test_the_fleet_feed_on_the_rest_backend(tmp_path: Path, d1_fake: D1Fake,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    # Two daemons on one D1 database (the REST fake): a's feed shows every
+    # event of both, in id order, each once, as the database holds them --
+    # a's own from its cycles' answers, b's and the submissions read back.
+    monkeypatch.setenv("CLOUDFLARE_API_TOKEN", TOKEN)
+    async with running(rest_config(tmp_path, d1_fake, "a", "127.0.0.1:0")) as a:
+        url = f"ws://{a.api_address}/v1/feed"
+        async with open_websocket_url(url) as socket:
+            ws = Feed(socket)
+            await ws.next()  # the snapshot
+            async with running(rest_config(tmp_path, d1_fake, "b", "")) as b:
+                ids = await submit(a, "noop", 5) + await submit(b, "sleep", 5,
+                                                                 {"seconds": 0.05})
+                got: list[dict[str, Any]] = []
+                done: set[str] = set()
+                with trio.fail_after(30):
+                    while done != set(ids):
+                        m = await ws.next()
+                        if m["type"] != "event":
+                            continue
+                        got.append(m)
+                        if m["event"] == "completed":
+                            done.add(m["job_id"])
+            assert [m["id"] for m in got] == sorted({m["id"] for m in got}), "in order, once"
+            assert {m["node"] for m in got} == {"a", "b"}
+            for job_id in ids:
+                stored = [msgspec.to_builtins(e) for e in await a.client.events(job_id)]
+                mine = [m for m in got if m["job_id"] == job_id]
+                # `deepmox events` names the event's type `type`; the feed, `event`
+                assert [{"type" if k == "event" else k: v for k, v in m.items()
+                         if k not in ("type", "kind")} for m in mine] == stored
+
+
+class CountingD1:
+    """A D1 that counts the event rows pull cycles read back."""
+
+    def __init__(self, inner: HttpD1) -> None:
+        self.inner = inner
+        self.backend = inner.backend
+        self.rows = 0
+
+    async def batch(self, statements: Sequence[Statement]) -> list[Result]:
+        results = await self.inner.batch(statements)
+        for stmt, result in zip(statements, results, strict=True):
+            if stmt.sql in (Q["tail_events"], Q["tail_ranges"]):
+                self.rows += len(result.rows)
+        return results
+
+    async def execute(self, sql: str, *params: Any) -> Result:
+        return (await self.batch([Statement(sql, params)]))[0]
+
+    def statistics(self) -> Any:
+        return self.inner.statistics()
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+async def test_a_rest_daemon_reads_back_only_what_others_wrote(
+        tmp_path: Path, d1_fake: D1Fake) -> None:
+    # the REST binding's answers (changes, last_row_id of each statement)
+    # give a cycle the ids of the events it wrote, as SQLite's do
+    def http() -> HttpD1:
+        return HttpD1(api_base=d1_fake.api_base, account_id=d1_fake.account_id,
+                      database_id=d1_fake.database_id, token=TOKEN,
+                      requests_per_5min=100_000)
+
+    cfg = config.decode('[supervisor]\npoll_max_s = 0.1\n')
+    registry = Registry.load()
+    d1, client_d1 = CountingD1(http()), http()
+    try:
+        await migrate(client_d1, time.time())
+        client = Client(cfg, client_d1, registry, node="client")
+        sup = Supervisor(cfg, d1, registry, node="a")  # type: ignore[arg-type]
+        hub = FeedHub()
+        sup.attach_feed(hub)
+        listener = hub.connect()
+        hub.cursor = 0
+        async with trio.open_nursery() as nursery:
+            await nursery.start(sup.run)
+            ids = [job.id for job, _ in await client.submit_many(
+                [(JobSpec(kind="sleep", payload={"seconds": 0.05, "steps": 2}), None)] * 4)]
+            with trio.fail_after(30):
+                while (await client.counts())["completed"] < len(ids):
+                    await sup.wait_cycle()
+                for _ in range(3):
+                    await sup.wait_cycle()
+            sup.stop()
+        hub.flush()
+        got = [msgspec.json.decode(line) for text, _ in listener.frames
+               for line in text.split("\n")]
+        rows = (await client_d1.execute(Q["tail_events"], 0, 1000)).rows
+    finally:
+        await d1.aclose()
+        await client_d1.aclose()
+    assert got == [msgspec.to_builtins(FeedEvent(*row)) for row in rows]
+    assert len(got) == 4 * 4, "submitted, claimed, the first step's checkpoint, completed"
+    assert d1.rows == 4, "only the client's submissions were read back"
 
 
 async def test_metrics_on_the_rest_backend(tmp_path: Path, d1_fake: D1Fake,

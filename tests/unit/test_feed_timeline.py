@@ -166,6 +166,24 @@ def test_a_restart_forgets_the_cycles_in_flight() -> None:
     assert begin(t).tail_after == 100
 
 
+def test_too_much_waiting_behind_a_gap_stops_the_timeline() -> None:
+    got = Delivered()
+    overflowed: list[bool] = []
+    t = Timeline(got, held_max=3, overflow=lambda: overflowed.append(True))
+    t.start(0)
+    a, b = begin(t), begin(t)
+    t.finish(b, [span(1, 3)], top=3)
+    assert not overflowed, "two events wait for a's"
+    t.finish(a, [], top=1)  # a wrote nothing: 1 is somebody else's, a gap
+    c = begin(t)
+    assert c.gaps == [(0, 1)]
+    t.finish(c, [span(5, 8)], top=8)  # and more waits, while 1 is read
+    assert overflowed == [True]
+    assert t.cursor is None
+    assert t.begin() is None
+    assert got.ids == []
+
+
 # -- supervisors on a real database ------------------------------------------------
 
 

@@ -148,7 +148,8 @@ class FeedHub:
         self.dropped_total = 0
         self.connected_total = 0
         #: the events of the fleet in order, delivered here
-        self.timeline = Timeline(self._publish_in_order)
+        self.timeline = Timeline(self._publish_in_order, held_max=backlog,
+                                 overflow=self._drop_everybody)
         #: messages published since the last flush, with the job of each
         self._pending: list[tuple[str | None, Message]] = []
         #: clients with frames to send, in line for a turn, and news of the first
@@ -195,16 +196,28 @@ class FeedHub:
         if client.dropped.is_set() or client.closed:
             return
         if client.backlog + count > self.backlog:
-            client.dropped.set()
-            client.frames.clear()
-            client.ready.set()
-            self.dropped_total += 1
-            log.warning("feed client fell behind by %d messages: dropped", self.backlog,
-                        extra={"event": "feed_client_dropped"})
+            self._drop(client)
             return
         client.frames.extend(frames)
         client.backlog += count
         self.enlist(client)
+
+    def _drop(self, client: FeedClient) -> None:
+        client.dropped.set()
+        client.frames.clear()
+        client.ready.set()
+        self.dropped_total += 1
+        log.warning("feed client fell behind by %d messages: dropped", self.backlog,
+                    extra={"event": "feed_client_dropped"})
+
+    def _drop_everybody(self) -> None:
+        """More events wait for an earlier one than any client may lag by
+        (events the daemon cannot read back fast enough): everybody is
+        that far behind."""
+        self._pending.clear()
+        for client in list(self.clients):
+            if not (client.dropped.is_set() or client.closed):
+                self._drop(client)
 
     def publish(self, message: dict[str, Any], job: str | None = None) -> None:
         """Send ``message`` to every client (watching ``job``, when given); never waits."""

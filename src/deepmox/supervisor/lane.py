@@ -242,7 +242,8 @@ class Lane:
             leases=sup.leases, default_lease_s=sup.default_lease_s, adopt_tokens=adopt,
             resent=self.resent, feed=ticket, housekeeping=housekeeping)
         try:
-            results = await sup.d1.batch(cycle.statements)
+            # nothing to say or ask (draining, every slot taken): no request
+            results = await sup.d1.batch(cycle.statements) if cycle.statements else []
         except BaseException as exc:
             for r in riders:
                 r.error = exc

@@ -307,12 +307,14 @@ class Supervisor:
                 while at < len(events) and events[at].id <= hi:
                     at += 1
                 spans.append(Span(lo, hi, events[begin:at]))
+        top = int(results[cycle.top].scalar() or 0) if cycle.top is not None else 0
         own = own_events(cycle, results, node=self.node, now=now,
                          jobs={q.ack.id: (q.kind, q.attempt) for q in queued})
-        if own:
+        # ids past the end the cycle saw would be a backend's mistake: then
+        # read them back rather than trust them
+        if own and (cycle.top is None or own[-1].hi <= top):
             spans += own
-        top = results[cycle.top].scalar() if cycle.top is not None else 0
-        return self.feed.timeline.finish(ticket, spans, int(top or 0))
+        return self.feed.timeline.finish(ticket, spans, top)
 
     # -- for the lanes -----------------------------------------------------------
 

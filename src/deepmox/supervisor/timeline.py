@@ -110,8 +110,16 @@ class Timeline:
     """Put the events that cycles account for or read back in id order, and
     hand them to ``deliver`` once each, when everything before them is known."""
 
-    def __init__(self, deliver: Callable[[list[FeedEvent]], None]) -> None:
+    def __init__(self, deliver: Callable[[list[FeedEvent]], None], *,
+                 held_max: int = 1_000_000,
+                 overflow: Callable[[], None] = lambda: None) -> None:
+        """``held_max``: events kept waiting for a gap before it, at most;
+        past that, ``overflow`` is called (whoever listens is too far
+        behind) and the timeline stops."""
         self._deliver = deliver
+        self._held_max = held_max
+        self._overflow = overflow
+        self._held = 0
         #: every event up to here was delivered; None while nobody listens
         self.cursor: int | None = None
         #: the highest id known to exist
@@ -135,6 +143,7 @@ class Timeline:
         self.cursor = cursor
         self.top = cursor or 0
         self._spans.clear()
+        self._held = 0
         self._flight.clear()
         self._reading.clear()
 
@@ -185,6 +194,10 @@ class Timeline:
         ticket.top = max([top, *(s.hi for s in spans)])
         ticket.done = True
         self._settle()
+        if self._held > self._held_max:
+            self.start(None)
+            self._overflow()
+            return False
         return self.wants_read()
 
     def fail(self, ticket: Ticket) -> None:
@@ -209,6 +222,7 @@ class Timeline:
         if self.cursor is None or span.hi <= self.cursor:
             return
         bisect.insort(self._spans, span, key=lambda s: s.lo)
+        self._held += len(span.events)
 
     def _settle(self) -> None:
         # the end of the table a cycle saw counts once every cycle sent
@@ -225,6 +239,7 @@ class Timeline:
         spans = self._spans
         while spans and spans[0].lo <= cursor:
             span = spans.pop(0)
+            self._held -= len(span.events)
             if span.hi <= cursor:
                 continue
             out.extend(e for e in span.events if e.id > cursor)
