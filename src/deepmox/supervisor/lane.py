@@ -235,12 +235,16 @@ class Lane:
         housekeeping = sup.take_housekeeping(defer=bool(riders))
         # taken last, right before the batch goes out: in sending order
         ticket = sup.feed_ticket()
-        cycle = pull.build(
-            head=[stmt for r in riders for stmt in r.statements], now=now, node=sup.node,
-            acks=[q.ack for q in queued], lost=lost,
-            throttles=throttles, claims=claims, free=free, token=token,
-            leases=sup.leases, default_lease_s=sup.default_lease_s, adopt_tokens=adopt,
-            resent=self.resent, feed=ticket, housekeeping=housekeeping)
+        try:
+            cycle = pull.build(
+                head=[stmt for r in riders for stmt in r.statements], now=now,
+                node=sup.node, acks=[q.ack for q in queued], lost=lost,
+                throttles=throttles, claims=claims, free=free, token=token,
+                leases=sup.leases, default_lease_s=sup.default_lease_s, adopt_tokens=adopt,
+                resent=self.resent, feed=ticket, housekeeping=housekeeping)
+        except BaseException:
+            sup.feed_failed(ticket)  # a ticket left in flight would hold the feed up
+            raise
         try:
             # nothing to say or ask (draining, every slot taken): no request
             results = await sup.d1.batch(cycle.statements) if cycle.statements else []

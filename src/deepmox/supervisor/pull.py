@@ -156,8 +156,8 @@ def build(*, head: Sequence[Statement] = (), now: float, node: str, acks: Sequen
                     c.claim_details[kind] = (
                         _encode({"lease": token, "lease_until": until}).decode(), until)
         c.claimed_events = c.add(
-            Q["claimed_events"], now,
-            dumps({kind: detail for kind, (detail, _) in c.claim_details.items()}), token)
+            Q["claimed_events"],
+            dumps({kind: detail for kind, (detail, _) in c.claim_details.items()}), now, token)
     if adopt_tokens:
         c.adopt = c.add(Q["adopt"], dumps(list(adopt_tokens)))
     if housekeeping:

@@ -106,16 +106,17 @@ RETURNING id, kind, payload, attempt, max_attempts, lease_token, lease_until, ch
           progress, deferred_s, step;
 
 -- name: claimed_events
--- Parameters: now, details (JSON object kind -> the event's detail text), token.
+-- Parameters: details (JSON object kind -> the event's detail text), now, token.
 -- The supervisor writes each kind's detail itself (the lease and its end, as
 -- the claim computes it), so that it knows the event without reading it
 -- back; in job id order, so that it knows which id each event got.
 INSERT INTO job_events (job_id, type, ts, attempt, state, progress, step, detail, node)
-SELECT id, 'claimed', ?, attempt, 'in_progress', progress, step,
-       coalesce((SELECT d.value FROM json_each(?) AS d WHERE d.key = jobs.kind),
-                json_object('lease', lease_token, 'lease_until', lease_until)),
+WITH d AS MATERIALIZED (SELECT key AS kind, value AS detail FROM json_each(?))
+SELECT jobs.id, 'claimed', ?, attempt, 'in_progress', progress, step,
+       coalesce(d.detail, json_object('lease', lease_token, 'lease_until', lease_until)),
        lease_owner
-FROM jobs WHERE lease_token = ? ORDER BY id;
+FROM jobs LEFT JOIN d ON d.kind = jobs.kind
+WHERE jobs.lease_token = ? ORDER BY jobs.id;
 
 -- name: adopt
 -- Rows claimed by a cycle whose answer never arrived: the claim may have committed.
