@@ -26,6 +26,7 @@ import trio
 
 from ._sdnotify import Notifier
 from .actors.registry import Registry
+from .actors.scratch import ScratchRoot
 from .api.feed import FeedHub, ticker
 from .api.metrics import DaemonCollector
 from .api.server import serve_api
@@ -89,11 +90,14 @@ async def serve(cfg: Config, *, wall: Callable[[], float] = time.time,
     registry = Registry.load(cfg.supervisor.kind_modules)
     r2 = open_r2(cfg.r2)
     d1 = open_d1(cfg.d1)
+    scratch: ScratchRoot | None = None
     try:
         applied = await migrate(d1, wall())
         for m in applied:
             log.info("applied migration %s", m.name, extra={"event": "migrated"})
-        supervisor = Supervisor(cfg, d1, registry, node=node, wall=wall, r2=r2)
+        scratch = await trio.to_thread.run_sync(ScratchRoot.open, cfg.video.scratch_dir, node)
+        supervisor = Supervisor(cfg, d1, registry, node=node, wall=wall, r2=r2,
+                                scratch_base=str(scratch.path))
         client = Client(cfg, d1, registry, wall=wall, node=node, on_submit=supervisor.wake)
         daemon = Daemon(cfg, d1, supervisor, client, notifier)
         listener = WakeListener(cfg.d1.path, node) if cfg.d1.backend == "sqlite" else None
@@ -110,6 +114,8 @@ async def serve(cfg: Config, *, wall: Callable[[], float] = time.time,
     finally:
         notifier.close()
         with trio.CancelScope(shield=True):
+            if scratch is not None:
+                await trio.to_thread.run_sync(scratch.close)
             await d1.aclose()
             await r2.aclose()
 

@@ -53,6 +53,8 @@ class Host(Protocol):
     retry_policy: policy.RetryPolicy
     rng: random.Random
     bindings: Bindings
+    #: where actors make their scratch folders
+    scratch_base: str
 
     def wall(self) -> float: ...
 
@@ -105,7 +107,7 @@ class Actor:
         self.failures = 0
         self.bindings = host.bindings
         limits = host.bindings.cfg.limits
-        self.scratch = Scratch(host.bindings.cfg.video.scratch_dir, limits.scratch_bytes,
+        self.scratch = Scratch(host.scratch_base, limits.scratch_bytes,
                                f"{job.kind}-{job.id}")
 
     def live_progress(self) -> float:

@@ -79,8 +79,13 @@ class SupervisorStatistics(msgspec.Struct, frozen=True, kw_only=True):
 class Supervisor:
     def __init__(self, cfg: Config, d1: D1, registry: Registry, *, node: str,
                  wall: Callable[[], float] = time.time,
-                 rng: random.Random | None = None, r2: R2 | None = None) -> None:
+                 rng: random.Random | None = None, r2: R2 | None = None,
+                 scratch_base: str | None = None) -> None:
+        """``scratch_base``: the folder for actors' scratch folders (the
+        daemon's :class:`~deepmox.actors.scratch.ScratchRoot`); default
+        ``[video] scratch_dir``."""
         self.cfg = cfg
+        self.scratch_base = cfg.video.scratch_dir if scratch_base is None else scratch_base
         self.d1 = d1
         self.bindings = Bindings(cfg, d1, r2)
         self.registry = registry
