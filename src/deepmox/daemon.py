@@ -15,6 +15,7 @@ and systemd restarts the service); ``STOPPING=1`` when the drain starts.
 from __future__ import annotations
 
 import logging
+import random
 import signal
 import sys
 import time
@@ -32,10 +33,11 @@ from .api.metrics import DaemonCollector
 from .api.server import serve_api
 from .api.surface import FleetView, daemon_routes, health_of, progress_messages
 from .bindings.d1 import D1, open_d1
-from .bindings.d1.migrate import migrate
+from .bindings.d1.migrate import Migration, migrate
 from .bindings.r2 import open_r2
 from .client import Client, default_node
 from .config import Config
+from .errors import RateLimitedError, TransientError
 from .supervisor import Supervisor, SupervisorStatistics
 from .wake import WakeListener
 
@@ -52,6 +54,10 @@ SWITCH_INTERVAL_S = 0.001
 STATUS_EVERY_S = 2.0
 #: watchdog pings are considered this many times per watchdog interval
 WATCHDOG_TICKS = 4
+#: a start that finds D1 unavailable or throttling tries again after this
+#: long, doubling (with jitter) up to START_RETRY_MAX_S
+START_RETRY_MIN_S = 0.5
+START_RETRY_MAX_S = 30.0
 
 
 class Daemon:
@@ -92,7 +98,7 @@ async def serve(cfg: Config, *, wall: Callable[[], float] = time.time,
     d1 = open_d1(cfg.d1)
     scratch: ScratchRoot | None = None
     try:
-        applied = await migrate(d1, wall())
+        applied = await _migrate_when_reachable(d1, wall)
         for m in applied:
             log.info("applied migration %s", m.name, extra={"event": "migrated"})
         scratch = await trio.to_thread.run_sync(ScratchRoot.open, cfg.video.scratch_dir, node)
@@ -118,6 +124,26 @@ async def serve(cfg: Config, *, wall: Callable[[], float] = time.time,
                 await trio.to_thread.run_sync(scratch.close)
             await d1.aclose()
             await r2.aclose()
+
+
+async def _migrate_when_reachable(d1: D1, wall: Callable[[], float]) -> list[Migration]:
+    """Apply the migrations, waiting out a D1 that is unavailable or throttling
+    (a passing fault must not stop a start); a permanent error (a refused
+    token, a bad statement) ends the start at once. Each try is safe to repeat:
+    a migration whose answer was lost is found applied by the next try."""
+    wait = START_RETRY_MIN_S
+    while True:
+        try:
+            return await migrate(d1, wall())
+        except (TransientError, RateLimitedError) as exc:
+            delay = wait * random.uniform(0.5, 1.5)
+            if isinstance(exc, RateLimitedError):
+                delay = max(delay, exc.retry_after)
+            log.warning("D1 is not ready (%s): %s; the start tries again in %.1f s",
+                        exc.error_class, exc.message, delay,
+                        extra={"event": "start_retry", "error_class": exc.error_class})
+            await trio.sleep(delay)
+            wait = min(wait * 2, START_RETRY_MAX_S)
 
 
 async def _run(cfg: Config, daemon: Daemon, view: FleetView, listener: WakeListener | None,

@@ -19,7 +19,10 @@ Steps, each its own budgeted unit with deterministic object keys under
 =======================  ==========================================================
 
 Every actor starts with an empty scratch folder; a step that needs the source
-fetches it from the store once per actor run.
+fetches it from the store once per actor run. Every use of the store goes
+through :func:`store`, which first honours a throttle on ``r2`` that any
+actor on any daemon recorded (an S3/R2 429 or 503): the fleet backs off
+together instead of every actor finding out by itself.
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ import trio
 from ..actors.kind import Kind, Step, StepContext
 from ..bindings import media
 from ..bindings.r2 import R2
+from ..bindings.r2.s3 import UPSTREAM as R2_UPSTREAM
 from ..errors import PermanentError
 from . import ingest, speed
 
@@ -80,11 +84,18 @@ def _renditions(ctx: StepContext, payload: TranscodePayload) -> list[RenditionSp
             for r in ctx.bindings.cfg.video.renditions]
 
 
+async def store(ctx: StepContext) -> R2:
+    """The object store, once no throttle on it is in force (waits, or hands
+    the job back to run when the throttle ends: no attempt used)."""
+    await ctx.wait_throttle(R2_UPSTREAM)
+    return ctx.bindings.require_r2()
+
+
 async def local_source(ctx: StepContext) -> Path:
     """The source in this actor's scratch folder, fetched once per actor run."""
     path = ctx.scratch.path / "source"
     if not path.exists():
-        r2 = ctx.bindings.require_r2()
+        r2 = await store(ctx)
         key = f"{prefix(ctx.job_id)}/source"
         info = await r2.head(key)
         if info is None:
@@ -134,7 +145,7 @@ class Transcode(Kind):
     async def _ingest(self, ctx: StepContext) -> Any:
         payload: TranscodePayload = ctx.payload
         cfg = ctx.bindings.cfg
-        r2 = ctx.bindings.require_r2()
+        r2 = await store(ctx)
         dest = ctx.scratch.path / "source"
         room = ctx.scratch.quota_bytes - ctx.scratch.used_bytes()
         fetched = await ingest.fetch(
@@ -199,7 +210,7 @@ class Transcode(Kind):
                 "audio_cost_s": max(1.0, duration / 50)}
 
     async def _audio(self, ctx: StepContext) -> Any:
-        r2 = ctx.bindings.require_r2()
+        r2 = await store(ctx)
         src = await local_source(ctx)
         out = ctx.scratch.path / "audio.m4a"
         plan = ctx.outputs["plan"]
@@ -221,7 +232,7 @@ class Transcode(Kind):
                                     limits=_limits(ctx))
         took = trio.current_time() - began
         key = chunk_key(ctx.job_id, name, n)
-        result = await ctx.bindings.require_r2().put(key, out, content_type="video/mp4")
+        result = await (await store(ctx)).put(key, out, content_type="video/mp4")
         size = out.stat().st_size
         out.unlink()
         if took > 0:
@@ -231,7 +242,7 @@ class Transcode(Kind):
     async def _assemble(self, ctx: StepContext, *, name: str) -> Any:
         plan = ctx.outputs["plan"]
         r = next(x for x in plan["renditions"] if x["name"] == name)
-        r2 = ctx.bindings.require_r2()
+        r2 = await store(ctx)
         folder = ctx.scratch.path / f"assemble-{name}"
         folder.mkdir(exist_ok=True)
         parts = []
@@ -277,7 +288,7 @@ class Transcode(Kind):
         # seek and decode, and the same input whichever actor runs the step
         first = ctx.outputs[f"assemble:{ctx.outputs['plan']['renditions'][0]['name']}"]
         height = min(360, int(first["height"]))
-        r2 = ctx.bindings.require_r2()
+        r2 = await store(ctx)
         src = ctx.scratch.path / f"assemble-{first['name']}" / f"{first['name']}.mp4"
         if not await trio.Path(src).exists():
             ctx.scratch.ensure_room(int(first["size"]))
@@ -298,7 +309,7 @@ class Transcode(Kind):
         manifest = build_manifest(ctx.job_id, self.name, ctx.outputs, ctx.step_times)
         key = f"{prefix(ctx.job_id)}/manifest.json"
         body = msgspec.json.format(msgspec.json.encode(manifest), indent=2)
-        await ctx.bindings.require_r2().put(key, body, content_type="application/json")
+        await (await store(ctx)).put(key, body, content_type="application/json")
         return {"key": key}
 
 
