@@ -121,11 +121,15 @@ CLIPS = [(3.0, True), (2.0, False), (4.0, True)]
 # anthropic provider against the Messages API test fake (tests/fakes/
 # messages_server.py), which sits behind its own fault proxy (flavor "messages")
 # when --faults is set. Everything below is wired; what may need adjusting once
-# issue 4 is merged: AI_PAYLOAD (the ai.describe payload contract) and
-# AI_SECTIONS (the [ai] keys).
+# issue 4 is merged: AI_PAYLOAD (the ai.describe payload contract), AI_ANSWER
+# (what the fake answers: valid output for that payload) and AI_SECTIONS (the
+# [ai] keys).
 AI_KIND = "ai.describe"
 AI_PAYLOAD = {"description": "A chaos run clip: a moving test pattern and a 440 Hz tone.",
               "title_hint": "chaos", "duration_s": 3.0}
+AI_ANSWER = json.dumps({"title": "Chaos clip", "summary": "A moving test pattern with a tone.",
+                        "tags": ["chaos", "test"],
+                        "chapters": [{"start_s": 0.0, "title": "Start"}]})
 AI_PER_WAVE = 0.5
 AI_SECTIONS: dict[str, dict[str, object]] = {"ai": {"providers": ["anthropic"]}}
 AI_KEY = {"ANTHROPIC_API_KEY": "chaos-key-not-a-secret"}
@@ -474,10 +478,10 @@ def analyse(run: Run, exits: dict[str, int]) -> Report:
     grace = float(SUPERVISOR["lease_grace_s"])
     target = grace + 2 * poll_interval_s(run)
     raw_worst, worst, late = 0.0, 0.0, []
-    held_total = 0
+    # a lease of an earlier incarnation may still be held when the same node dies again
+    held_total = len({held for kill in run.kills for held in kill.held})
     for kill in run.kills:
         for job_id, lease_until in kill.held:
-            held_total += 1
             claims = [e[2] for e in by_job.get(job_id, []) if e[1] == "claimed"
                       and e[2] > kill.at]
             if not claims:
@@ -609,9 +613,9 @@ async def start_messages(run: Run, nursery: trio.Nursery, rng: random.Random) ->
     --faults; the daemons find it through ANTHROPIC_BASE_URL."""
     if AI_KIND not in Registry.load([]).names():
         raise SystemExit(f"chaos: --ai needs the {AI_KIND} kind (issue 4), not on this build")
-    from tests.fakes.messages_server import serve_messages
+    from tests.fakes.messages_server import ok, serve_messages
 
-    fake = await serve_messages(nursery)
+    fake = await serve_messages(nursery, script=[ok(AI_ANSWER)] * 100_000)
     run.ai_base = fake.base_url
     if run.args.faults:
         run.ai_proxy = await serve_proxy(nursery, upstream=fake.base_url, flavor="messages",
@@ -712,8 +716,8 @@ def main() -> int:
     ap.add_argument("--no-record", action="store_true")
     ap.add_argument("--keep", action="store_true", help="keep the work folder")
     args = ap.parse_args()
-    if args.faults and args.backend == "sqlite" and args.r2 == "filesystem":
-        ap.error("--faults needs something on the wire: --backend http and/or --r2 s3")
+    if args.faults and args.backend == "sqlite" and args.r2 == "filesystem" and not args.ai:
+        ap.error("--faults needs something on the wire: --backend http, --r2 s3 or --ai")
     if args.quick:
         args.seconds = min(args.seconds, 12.0)
         args.load = min(args.load, 0.6)

@@ -329,3 +329,33 @@ async def test_claim_whose_answer_was_lost_is_adopted(
         assert done.attempt == 1, "the adopted claim is the same attempt, not a zombie"
         assert sup.statistics().failed_cycles == 1
         assert await h.types(job.id) == ["submitted", "claimed", "completed"]
+
+
+async def test_a_first_step_cut_short_by_a_clipped_deadline_is_redone(
+        make_harness: MakeHarness, autojump_clock: MockClock) -> None:
+    # An actor spawned late has its deadline clipped to its lease (here: 2 s
+    # of a 3 s budget). Its first step, cut short, did not have the whole
+    # budget: redone (no attempt used), not failed as "never fits" -- but
+    # only MAX_CUT_SHORT times.
+    from deepmox.actors.actor import MAX_CUT_SHORT
+
+    async with make_harness("[kinds.sleep]\nbudget_s = 3") as h:
+        job = await h.submit("sleep", {"seconds": 2.5})
+        async with h.supervisor() as sup:
+            sup.leases["sleep"] = sup.cfg.supervisor.lease_grace_s + 2.0
+            done = await h.wait_state(sup, job.id, *DONE)
+        events = await h.events(job.id)
+        redos = [e for e in events if e.type == "retry_scheduled"]
+        assert [e.error_class for e in redos] == ["budget_exceeded"] * (MAX_CUT_SHORT - 1)
+        assert (done.state, done.error_class, done.attempt) == ("failed", "permanent", 1)
+
+    async with make_harness("[kinds.sleep]\nbudget_s = 3") as h:
+        job = await h.submit("sleep", {"seconds": 2.5})
+        async with h.supervisor() as sup:
+            whole = sup.leases["sleep"]
+            sup.leases["sleep"] = sup.cfg.supervisor.lease_grace_s + 2.0
+            await h.wait_event(sup, job.id, "retry_scheduled")
+            sup.leases["sleep"] = whole
+            done = await h.wait_state(sup, job.id, *DONE)
+        assert (done.state, done.attempt) == ("completed", 1)
+        assert done.result == {"slept_s": 2.5}

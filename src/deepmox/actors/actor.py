@@ -34,6 +34,14 @@ log = logging.getLogger("deepmox.actor")
 
 #: a checkpoint write waits at most this long for its answer, shielded from the budget
 CHECKPOINT_GRACE_S = 5.0
+#: a run's first step had "the whole budget" when it started with at least this
+#: share of it: an actor spawned late (a slow pull cycle on a loaded machine)
+#: has its deadline clipped to its lease, and a step cut short by that may
+#: still fit a whole budget
+WHOLE_BUDGET_SHARE = 0.95
+#: a first step cut short this often, each time with less than the whole
+#: budget, fails as permanent all the same (the redos use no attempt)
+MAX_CUT_SHORT = 3
 
 
 class Checkpoint(msgspec.Struct, omit_defaults=True):
@@ -247,5 +255,9 @@ class Actor:
             return Finish(policy.released(now=now) if releasing else policy.continued(now=now))
         spent = trio.current_time() - self._step_started
         self.host.costs.observe(self.kind, self.step, max(spent, self.budget_s))
+        cut = self.checkpoint.failures.get(self.step, 0) + 1
+        self.checkpoint.failures[self.step] = cut
+        whole = self.deadline - self._step_started >= self.budget_s * WHOLE_BUDGET_SHARE
         return Finish(policy.on_budget_exceeded(
-            self.step, had_whole_budget=self._step_first, budget_s=self.budget_s, now=now))
+            self.step, had_whole_budget=self._step_first and (whole or cut >= MAX_CUT_SHORT),
+            budget_s=self.budget_s, now=now))
