@@ -90,6 +90,8 @@ SUPERVISOR = {"budget_s": 2.0, "lease_grace_s": 1.0, "poll_max_s": 0.25, "max_ac
               "backoff_base_s": 0.2, "backoff_max_s": 2.0, "drain_s": 5.0,
               "max_deferral_s": 600.0}
 MAX_ATTEMPTS = 25
+#: each daemon's D1 REST budget: its idle floor (4 x 300 s / budget) is 0.4 s
+D1_REQUESTS_PER_5MIN = 3000
 
 
 @dataclass(frozen=True)
@@ -504,6 +506,9 @@ def analyse(run: Run, exits: dict[str, int]) -> Report:
                   f"{over} over")
         rep.figures["d1 requests"] = len(stamps)
     types = Counter(e[1] for e in events)
+    held = {(j, round(lease, 3)) for kill in run.kills for j, lease in kill.held}
+    live_reaps = sum(1 for e in events if e[1] == "reaped"
+                     and (e[0], round(json.loads(e[3])["lease_until"], 3)) not in held)
     rep.figures.update({
         "jobs": len(run.expect),
         "by kind": dict(Counter(run.labels.values())),
@@ -511,6 +516,7 @@ def analyse(run: Run, exits: dict[str, int]) -> Report:
         "kills": len(run.kills),
         "jobs held by killed daemons": held_total,
         "reaps": types["reaped"],
+        "reaps of a live daemon": live_reaps,
         "lease_lost": types["lease_lost"],
         "continuations": types["continued"],
         "retries": types["retry_scheduled"],
@@ -637,6 +643,12 @@ def command(args: argparse.Namespace) -> str:
     parts = [".venv/bin/python bench/chaos.py"]
     if args.quick:
         parts.append("--quick")
+    if args.daemons != 3:
+        parts.append(f"--daemons {args.daemons}")
+    if args.seconds != 60 and not args.quick:
+        parts.append(f"--seconds {args.seconds:g}")
+    if args.d1_requests_per_5min != D1_REQUESTS_PER_5MIN:
+        parts.append(f"--d1-requests-per-5min {args.d1_requests_per_5min}")
     if args.backend != "sqlite":
         parts.append(f"--backend {args.backend}")
     if args.r2 != "filesystem":
@@ -653,8 +665,8 @@ def command(args: argparse.Namespace) -> str:
 def section(args: argparse.Namespace) -> tuple[str, str]:
     """(BENCHMARKS.md section, RELIABILITY.md block) for this mode."""
     where = "SQLite" if args.backend == "sqlite" else "the D1 REST fake"
-    store = "filesystem store" if args.r2 == "filesystem" else "S3 (moto)"
-    what = f"{args.daemons} daemons on {where} and the {store}"
+    store = "the filesystem store" if args.r2 == "filesystem" else "S3 (moto)"
+    what = f"{args.daemons} daemons on {where} and {store}"
     if args.faults:
         what += f", {args.faults:.0%} faults at the wire"
     if args.kill:
@@ -669,8 +681,9 @@ def body(args: argparse.Namespace, rep: Report) -> str:
     rows = [("jobs", f"{f['jobs']:,} ({', '.join(f'{v} {k}' for k, v in f['by kind'].items())})"),
             ("final states", ", ".join(f"{v:,} {k}" for k, v in f["final states"].items())),
             ("kills (jobs the victims held)", f"{f['kills']} ({f['jobs held by killed daemons']})"),
-            ("reaps / lease_lost / continuations / retries",
-             f"{f['reaps']} / {f['lease_lost']} / {f['continuations']} / {f['retries']}"),
+            ("reaps (of them, leases of a live daemon) / lease_lost / continuations / "
+             "retries", f"{f['reaps']} ({f['reaps of a live daemon']}) / "
+             f"{f['lease_lost']} / {f['continuations']} / {f['retries']}"),
             ("failed pull cycles", f"{f['failed pull cycles']}"),
             ("longest kill → victim's job running again",
              f"{f['longest kill to running again s']} s"),
@@ -684,9 +697,11 @@ def body(args: argparse.Namespace, rep: Report) -> str:
                          + ", ".join(f"{v} {k}" for k, v in sorted(faults.items())) + ")"))
             rows.append((f"{name}: requests sent into an announced retry-after",
                          f"{f[f'{name} requests into an announced throttle']}"))
+    rest = (f", each daemon's D1 budget {args.d1_requests_per_5min:,} requests per 5 minutes"
+            if args.backend == "http" else "")
     lines = [f"`{command(args)}` ({args.seconds:g} s of load, budget "
              f"{SUPERVISOR['budget_s']} s, lease grace {SUPERVISOR['lease_grace_s']} s, "
-             f"poll_max_s {SUPERVISOR['poll_max_s']}; targets: 0 lost, 0 duplicated, "
+             f"poll_max_s {SUPERVISOR['poll_max_s']}{rest}; targets: 0 lost, 0 duplicated, "
              "recovery within the lease grace plus two poll intervals)\n",
              "| measured | value |", "|---|---|", *[f"| {k} | {v} |" for k, v in rows], "",
              "Checks: " + "; ".join(f"{name}: {'passed' if ok else '**failed**'}"
@@ -708,7 +723,7 @@ def main() -> int:
                     metavar=("MIN_S", "MAX_S"))
     ap.add_argument("--load", type=float, default=1.0, help="scale the mix")
     ap.add_argument("--videos", type=int, default=None)
-    ap.add_argument("--d1-requests-per-5min", type=int, default=3000,
+    ap.add_argument("--d1-requests-per-5min", type=int, default=D1_REQUESTS_PER_5MIN,
                     help="each daemon's D1 REST budget (http backend)")
     ap.add_argument("--ai", action="store_true", help="add ai.describe jobs (issue 4)")
     ap.add_argument("--quick", action="store_true", help="the short mode CI runs")
