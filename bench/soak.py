@@ -50,6 +50,8 @@ MIX: list[tuple[str, dict[str, Any], str, float]] = [
     ("fail", {"error_class": "permanent", "times": 1}, "failed", 0.2),
 ]
 VIDEO_EVERY_S = 30.0
+#: short, so that the sleep jobs run as continuations
+BUDGET_S = 2.0
 FEED_EVERY_S = 30.0
 
 
@@ -223,7 +225,7 @@ def main() -> int:
         "[server]", f'listen = "127.0.0.1:{port}"',
         "[video]", f'allowed_dirs = ["{media}"]', f'scratch_dir = "{scratch}"',
         "thumbnails = 1",
-        "[supervisor]", 'node = "soak"', "budget_s = 2.0", "lease_grace_s = 2.0",
+        "[supervisor]", 'node = "soak"', f"budget_s = {BUDGET_S}", "lease_grace_s = 2.0",
         "backoff_base_s = 0.2", "backoff_max_s = 2.0", "drain_s = 10.0", ""]))
     prepare(cfg_path)
     daemon = Daemon(cfg_path, log=d / "daemon.log")
@@ -278,11 +280,14 @@ def main() -> int:
     if daemon_rc != 0:
         failures.append(f"the daemon exited {daemon_rc} on SIGTERM")
     total = sum(load.submitted.values())
+    after = window(samples, warmup_s, end_s + 1) or samples
+    backlog = (statistics.median(x.pending for x in after), max(x.pending for x in after))
     print()
     print(f"soak: {args.minutes:g} min, {total} jobs submitted ({load.submitted}), "
           f"{load.refused} refused, {load.scrapes} scrapes, {load.feeds} feed clients; "
           f"final states {counts}")
     print("\n".join(table))
+    print(f"backlog after warm-up: median {backlog[0]:g}, max {backlog[1]}")
     print(f"children after drain: {len(kids)}; scratch folders left: {len(leftovers)}; "
           f"daemon exit {daemon_rc}; RSS at the end {end.rss_mb:.1f} MB")
     for f in failures:
@@ -291,12 +296,12 @@ def main() -> int:
         body = "\n".join([
             f"`.venv/bin/python bench/soak.py --minutes {args.minutes:g}` (one daemon, SQLite "
             "and the filesystem store, HTTP port on; per second through the HTTP API: "
-            + ", ".join(f"{n:g} {k}" + (f" {p['error_class']}" if k == "fail" else "")
-                        for k, p, _, n in MIX)
+            + ", ".join(f"{n:g} {k} `{json.dumps(p)}`" for k, p, _, n in MIX)
             + f"; a 4 s `video.transcode` every {VIDEO_EVERY_S:g} s; a `/metrics` scrape "
             f"every 5 s; a feed client every {FEED_EVERY_S:g} s; samples every "
-            f"{args.sample_s:g} s; target: growth ≤ {GROWTH_LIMIT:.0%} after the first "
-            f"{args.warmup_minutes:g} minutes, nothing left behind)\n",
+            f"{args.sample_s:g} s; budget {BUDGET_S:g} s; target: growth ≤ "
+            f"{GROWTH_LIMIT:.0%} after the first {args.warmup_minutes:g} minutes, nothing "
+            "left behind)\n",
             "| measured | median, minute after warm-up | median, last minute | growth | "
             "peak after warm-up | within target |",
             "|---|---:|---:|---:|---:|---|",
@@ -304,7 +309,9 @@ def main() -> int:
             "",
             f"{total:,} jobs submitted, final states "
             + ", ".join(f"{v:,} {k}" for k, v in sorted(counts.items()))
-            + f" (each as its kind implies: {'yes' if not wrong else 'no'}); child processes "
+            + f" (each as its kind implies: {'yes' if not wrong else 'no'}); jobs pending or "
+            f"running after the warm-up: median {backlog[0]:g}, at most {backlog[1]} (the "
+            "daemon keeps up); child processes "
             f"after the drain: {len(kids)}; scratch folders left: {len(leftovers)}; the daemon "
             f"drained and exited {daemon_rc} on SIGTERM."
             + ("" if not failures else "\n\nMissed: " + "; ".join(failures)),

@@ -359,3 +359,40 @@ async def test_a_first_step_cut_short_by_a_clipped_deadline_is_redone(
             done = await h.wait_state(sup, job.id, *DONE)
         assert (done.state, done.attempt) == ("completed", 1)
         assert done.result == {"slept_s": 2.5}
+
+
+class _Throttled(Kind):
+    """One 1.5 s step that first honours a throttle on upstream "up"."""
+
+    name = "throttled"
+
+    def plan(self, payload: Any, outputs: Mapping[str, Any]) -> Sequence[Step]:
+        async def call(ctx: StepContext) -> int:
+            await ctx.wait_throttle("up")
+            await trio.sleep(1.5)
+            return 1
+
+        return [Step("call", call, cost_s=1.5)]
+
+
+@pytest.mark.parametrize(("blocked_s", "waits_in_place"), [(1.0, True), (2.0, False)])
+async def test_a_throttle_wait_never_eats_the_steps_budget(
+        make_harness: MakeHarness, autojump_clock: MockClock, blocked_s: float,
+        waits_in_place: bool) -> None:
+    # Under a 3 s budget, a 1 s throttle leaves room for the 1.5 s step: the
+    # actor waits. A 2 s one does not: the job runs again when the throttle
+    # ends, with a whole budget -- it used to wait 2 s, overrun, and fail as a
+    # step that "never fits".
+    async with make_harness("[kinds.throttled]\nbudget_s = 3",
+                            _registry(_Throttled())) as h:
+        until = BASE + trio.current_time() + blocked_s
+        await h.d1.execute("INSERT INTO throttles (upstream, blocked_until, reason, "
+                           "updated_at) VALUES ('up', ?, 'test', ?)", until, until)
+        job = await h.submit("throttled")
+        async with h.supervisor() as sup:
+            done = await h.wait_state(sup, job.id, *DONE)
+        types = await h.types(job.id)
+        assert (done.state, done.attempt) == ("completed", 1)
+        assert types.count("continued") == (0 if waits_in_place else 1)
+        completed = (await h.events(job.id))[-1]
+        assert completed.ts == pytest.approx(until + 1.5, abs=0.05)

@@ -110,6 +110,9 @@ class Actor:
         self._total_steps = 0
         self._step_first = False
         self._step_started = 0.0
+        #: the running step's expected cost, and how long it waited for throttles
+        self._step_cost = 0.0
+        self._step_waited = 0.0
         self.outputs: Mapping[str, Any] = self.checkpoint.done
         self.payload: Any = None
         self.failures = 0
@@ -143,8 +146,13 @@ class Actor:
         wait = until - self.host.wall()
         if wait <= 0:
             return
-        if wait <= self.remaining() * 0.9:
+        # wait here only if what is left of the step still fits after the wait;
+        # else run again when the throttle ends, with a whole budget
+        left = max(0.0, self._step_cost - (trio.current_time() - self._step_started))
+        if wait + left <= self.remaining() * 0.9:
+            began = trio.current_time()
             await trio.sleep(wait)
+            self._step_waited += trio.current_time() - began
             return
         raise _Continue(until)
 
@@ -201,6 +209,8 @@ class Actor:
             self.step, self.step_progress = nxt.name, 0.0
             self.last_step = nxt.name
             self._step_first, self._step_started = first, trio.current_time()
+            self._step_cost = self.host.costs.expect(self.kind, nxt.name, nxt.cost_s)
+            self._step_waited = 0.0
             self.failures = self.checkpoint.failures.get(nxt.name, 0)
             try:
                 output = await nxt.run(self)
@@ -257,7 +267,9 @@ class Actor:
         self.host.costs.observe(self.kind, self.step, max(spent, self.budget_s))
         cut = self.checkpoint.failures.get(self.step, 0) + 1
         self.checkpoint.failures[self.step] = cut
-        whole = self.deadline - self._step_started >= self.budget_s * WHOLE_BUDGET_SHARE
+        # time spent waiting for a throttle was not the step's to use
+        had = self.deadline - self._step_started - self._step_waited
+        whole = had >= self.budget_s * WHOLE_BUDGET_SHARE
         return Finish(policy.on_budget_exceeded(
             self.step, had_whole_budget=self._step_first and (whole or cut >= MAX_CUT_SHORT),
             budget_s=self.budget_s, now=now))
