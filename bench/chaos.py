@@ -32,9 +32,10 @@ Checks (exit status 1 when one fails):
 * every daemon drains and exits 0 on the final SIGTERM; no scratch folder left;
 * with faults: the D1 requests that reached the proxy never exceed the sum of
   the daemons' request budgets (a token bucket of their summed burst and rate);
-* recovery: for every job a killed daemon held, the time from the kill (or
-  from when its actor's budget would have ended anyway, if later) to its next
-  claim is within ``lease_grace_s`` plus two poll intervals.
+* recovery: every job a killed daemon held runs again; in a full run without
+  D1 faults, within ``lease_grace_s`` plus two poll intervals of the kill (or
+  of when its actor's budget would have ended anyway, if later). ``--quick``
+  checks no timing: CI's tests make no timed assertions.
 
 Figures: jobs, kills, reaps, lease_lost, continuations, retries, failed pull
 cycles, faults injected, the longest time from a kill to the victim's jobs
@@ -481,7 +482,8 @@ def analyse(run: Run, exits: dict[str, int]) -> Report:
     leftovers = [p.name for p in run.scratch.iterdir()]
     rep.check("no scratch folder left", not leftovers, f"{leftovers[:5]}")
     # 6. recovery after kills. Under D1 faults the survivors' own pull cycles
-    # fail and wait out throttles too, so the bound is not a target there:
+    # fail and wait out throttles too, so the bound is not a target there;
+    # and --quick (CI) checks no timing (a timing target is a full run's):
     # then only "ran again" is checked, and the figure is reported.
     grace = float(SUPERVISOR["lease_grace_s"])
     target = grace + 2 * poll_interval_s(run)
@@ -500,7 +502,8 @@ def analyse(run: Run, exits: dict[str, int]) -> Report:
             worst = max(worst, took)
             if took > target:
                 late.append(f"{job_id}: {took:.2f} s after the kill of {kill.node}")
-    if run.d1_proxy is None:
+    timed = run.d1_proxy is None and not run.args.quick
+    if timed:
         rep.check(f"recovery within lease grace + 2 poll intervals ({target:.2f} s)",
                   not never and not late, "; ".join((never + late)[:3]))
     else:
@@ -533,7 +536,7 @@ def analyse(run: Run, exits: dict[str, int]) -> Report:
                                   for p in node.logs),
         "longest kill to running again s": round(raw_worst, 2),
         "longest recovery s": round(worst, 2),
-        "recovery target s": round(target, 2) if run.d1_proxy is None else None,
+        "recovery target s": round(target, 2) if timed else None,
     })
     for name, proxy in (("d1", run.d1_proxy), ("s3", run.s3_proxy), ("messages", run.ai_proxy)):
         if proxy is not None:

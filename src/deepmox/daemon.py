@@ -34,7 +34,7 @@ from .api.server import serve_api
 from .api.surface import FleetView, daemon_routes, health_of, progress_messages
 from .bindings.d1 import D1, open_d1
 from .bindings.d1.migrate import Migration, migrate
-from .bindings.r2 import open_r2
+from .bindings.r2 import FilesystemR2, open_r2
 from .client import Client, default_node
 from .config import Config
 from .errors import RateLimitedError, TransientError
@@ -175,12 +175,27 @@ async def _run(cfg: Config, daemon: Daemon, view: FleetView, listener: WakeListe
         log.info("daemon %s running: d1=%s, %d kinds", node, cfg.d1.backend,
                  len(registry.names()), extra={"event": "ready"})
         nursery.start_soon(_report_status, daemon)
+        if isinstance(r2, FilesystemR2):
+            nursery.start_soon(_sweep_store, r2)
         interval = notifier.watchdog_interval_s()
         if interval is not None and notifier.enabled:
             nursery.start_soon(_watchdog, supervisor, notifier, interval)
         task_status.started(daemon)
         await supervisor.wait_stopped()
         nursery.cancel_scope.cancel()
+
+
+async def _sweep_store(r2: FilesystemR2) -> None:
+    """Remove what writers killed mid-write left in the store, in the background."""
+    try:
+        removed = await r2.sweep_leftovers()
+    except OSError as exc:  # an unreadable folder: the store still works
+        log.warning("could not sweep the object store: %s", exc,
+                    extra={"event": "store_sweep_failed"})
+        return
+    if removed:
+        log.info("removed %d temporary files that killed writers left in the object store",
+                 removed, extra={"event": "store_swept"})
 
 
 def _stats(view: FleetView) -> Callable[[], Awaitable[dict[str, Any]]]:
