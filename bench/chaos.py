@@ -502,11 +502,11 @@ def analyse(run: Run, exits: dict[str, int]) -> Report:
             worst = max(worst, took)
             if took > target:
                 late.append(f"{job_id}: {took:.2f} s after the kill of {kill.node}")
-    timed = run.d1_proxy is None and not run.args.quick
+    timed = run.d1_proxy is None and not run.args.quick and bool(run.kills)
     if timed:
         rep.check(f"recovery within lease grace + 2 poll intervals ({target:.2f} s)",
                   not never and not late, "; ".join((never + late)[:3]))
-    else:
+    elif run.kills:
         rep.check("every job a killed daemon held ran again", not never, "; ".join(never[:3]))
     # 7. the D1 request budget, under faults: what reached the proxy
     if run.d1_proxy is not None:
@@ -691,18 +691,22 @@ def section(args: argparse.Namespace) -> tuple[str, str]:
 def body(args: argparse.Namespace, rep: Report) -> str:
     f = rep.figures
     rows = [("jobs", f"{f['jobs']:,} ({', '.join(f'{v} {k}' for k, v in f['by kind'].items())})"),
-            ("final states", ", ".join(f"{v:,} {k}" for k, v in f["final states"].items())),
-            ("kills (jobs the victims held)", f"{f['kills']} ({f['jobs held by killed daemons']})"),
-            ("reaps (of them, leases of a live daemon) / lease_lost / continuations / "
-             "retries", f"{f['reaps']} ({f['reaps of a live daemon']}) / "
-             f"{f['lease_lost']} / {f['continuations']} / {f['retries']}"),
-            ("failed pull cycles", f"{f['failed pull cycles']}"),
-            ("longest kill → victim's job running again",
-             f"{f['longest kill to running again s']} s"),
-            ("longest recovery (from the kill, or the victim's budget end if later)",
-             f"{f['longest recovery s']} s " + (
-                 f"(target {f['recovery target s']} s)" if f["recovery target s"] is not None
-                 else "(no target: the survivors' own D1 requests are faulted too)"))]
+            ("final states", ", ".join(f"{v:,} {k}" for k, v in f["final states"].items()))]
+    if args.kill:
+        rows.append(("kills (jobs the victims held)",
+                     f"{f['kills']} ({f['jobs held by killed daemons']})"))
+    rows += [("reaps (of them, leases of a live daemon) / lease_lost / continuations / "
+              "retries", f"{f['reaps']} ({f['reaps of a live daemon']}) / "
+              f"{f['lease_lost']} / {f['continuations']} / {f['retries']}"),
+             ("failed pull cycles", f"{f['failed pull cycles']}")]
+    if args.kill:
+        rows += [("longest kill → victim's job running again",
+                  f"{f['longest kill to running again s']} s"),
+                 ("longest recovery (from the kill, or the victim's budget end if later)",
+                  f"{f['longest recovery s']} s " + (
+                      f"(target {f['recovery target s']} s)"
+                      if f["recovery target s"] is not None
+                      else "(no target: the survivors' own D1 requests are faulted too)"))]
     for name in ("d1", "s3", "messages"):
         if f"{name} faults" in f:
             faults = f[f"{name} faults"]
@@ -716,8 +720,9 @@ def body(args: argparse.Namespace, rep: Report) -> str:
     lines = [f"`{command(args)}` ({args.seconds:g} s of load, budget "
              f"{SUPERVISOR['budget_s']} s ({VIDEO_BUDGET_S:g} s for video), lease grace "
              f"{SUPERVISOR['lease_grace_s']} s, "
-             f"poll_max_s {SUPERVISOR['poll_max_s']}{rest}; targets: 0 lost, 0 duplicated, "
-             "recovery within the lease grace plus two poll intervals)\n",
+             f"poll_max_s {SUPERVISOR['poll_max_s']}{rest}; targets: 0 lost, 0 duplicated"
+             + (", recovery within the lease grace plus two poll intervals"
+                if f["recovery target s"] is not None else "") + ")\n",
              "| measured | value |", "|---|---|", *[f"| {k} | {v} |" for k, v in rows], "",
              "Checks: " + "; ".join(f"{name}: {'passed' if ok else '**failed**'}"
                                     for name, ok, _ in rep.checks) + "."]
