@@ -292,10 +292,13 @@ class _LoseAnswerOnce:
         self.backend = inner.backend
         self.lost = False
 
+    def should_lose(self, statements: Sequence[Statement], results: Sequence[Any]) -> bool:
+        return any("RETURNING id, kind" in s.sql for s in statements) and \
+            any(r.rows for r in results)
+
     async def batch(self, statements: Sequence[Statement]) -> Any:
         results = await self.inner.batch(statements)
-        if not self.lost and any("RETURNING id, kind" in s.sql for s in statements) and \
-                results and any(r.rows for r in results):
+        if not self.lost and results and self.should_lose(statements, results):
             self.lost = True
             raise D1UnavailableError("the answer was lost")
         return results
@@ -396,3 +399,40 @@ async def test_a_throttle_wait_never_eats_the_steps_budget(
         assert types.count("continued") == (0 if waits_in_place else 1)
         completed = (await h.events(job.id))[-1]
         assert completed.ts == pytest.approx(until + 1.5, abs=0.05)
+
+
+class _LoseLeaseLostAnswerOnce(_LoseAnswerOnce):
+    """A D1 whose first batch with lease_lost notes commits but whose answer is lost."""
+
+    def should_lose(self, statements: Sequence[Statement], results: Sequence[Any]) -> bool:
+        return any("'lease_lost'" in s.sql for s in statements)
+
+
+async def test_a_lease_lost_note_sent_again_is_recorded_once(
+        make_harness: MakeHarness, autojump_clock: MockClock) -> None:
+    # The notes go out again after a cycle whose answer was lost; the first
+    # request had recorded them already (found by the chaos runs with faults).
+    from deepmox.supervisor import Supervisor
+    from tests.unit.conftest import wall
+
+    cfg = "[supervisor]\nlease_grace_s = 1\n[kinds.sleep]\nbudget_s = 10"
+    async with make_harness(cfg) as h:
+        job = await h.submit("sleep", {"seconds": 8})
+        d1 = _LoseLeaseLostAnswerOnce(SqliteD1(h.path, in_thread=False))
+        a = Supervisor(h.cfg, d1, h.registry, node="a", wall=wall)  # type: ignore[arg-type]
+        async with trio.open_nursery() as nursery:
+            await nursery.start(a.run)
+            await h.wait_state(a, job.id, "in_progress")
+            await h.d1.execute("UPDATE jobs SET lease_until = ? WHERE id = ?",
+                               BASE + trio.current_time() - 1, job.id)
+            async with h.supervisor("b") as b:
+                await h.wait_state(b, job.id, *DONE)
+                while not d1.lost or a.statistics().failed_cycles == 0:
+                    await a.wait_cycle()
+                for _ in range(3):  # the notes went out again, and took
+                    await a.wait_cycle()
+            a.stop()
+        await d1.aclose()
+        lost = [e for e in await h.events(job.id) if e.type == "lease_lost"]
+        assert len(lost) == 1, lost
+        assert lost[0].node == "a"

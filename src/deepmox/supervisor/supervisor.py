@@ -315,7 +315,8 @@ class Supervisor:
         if not ok:
             self.counts["lease_lost"] += 1
             self._lost.append({"id": q.ack.id, "detail": (
-                f"{q.ack.event} by {self.node} dropped: the lease was lost")})
+                f"{q.ack.event} by {self.node} dropped: the lease was lost "
+                f"(write {q.ack.ack})")})
             log.warning("lease lost: job %s, %s dropped", q.ack.id, q.ack.event,
                         extra={"event": "lease_lost", "job_id": q.ack.id})
             return
