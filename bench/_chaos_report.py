@@ -86,8 +86,10 @@ def section(args: argparse.Namespace) -> tuple[str, str]:
         what += f", {args.faults:.0%} faults at the wire"
     if args.kill:
         what += ", SIGKILL every 1-3 s"
+    if args.ai:
+        what += ", with ai.describe jobs"
     block = "chaos-" + args.backend + ("-faults" if args.faults else "") + (
-        "" if args.kill else "-nokill")
+        "" if args.kill else "-nokill") + ("-ai" if args.ai else "")
     return f"Chaos: {what}", block
 
 
