@@ -39,8 +39,12 @@ CHECKPOINT_GRACE_S = 5.0
 #: has its deadline clipped to its lease, and a step cut short by that may
 #: still fit a whole budget
 WHOLE_BUDGET_SHARE = 0.95
-#: a first step cut short this often, each time with less than the whole
-#: budget, fails as permanent all the same (the redos use no attempt)
+#: a run's first step that overran this many times with the whole budget
+#: "never fits" and fails as permanent: one overrun may be a starved machine
+#: (other processes, a slow disk), two in a row are the step
+WHOLE_OVERRUNS = 2
+#: ... and one that overran this often in all (with the whole budget or not)
+#: fails as permanent as well: the redos use no attempt, so they are bounded
 MAX_CUT_SHORT = 3
 
 
@@ -49,6 +53,10 @@ class Checkpoint(msgspec.Struct, omit_defaults=True):
     failures: dict[str, int] = msgspec.field(default_factory=dict)
     #: seconds each done step took
     times: dict[str, float] = msgspec.field(default_factory=dict)
+    #: overruns of a step that ran first in its actor: all, and those with the
+    #: whole budget (see WHOLE_OVERRUNS, MAX_CUT_SHORT)
+    overruns: dict[str, int] = msgspec.field(default_factory=dict)
+    whole_overruns: dict[str, int] = msgspec.field(default_factory=dict)
 
 
 _encode = msgspec.json.Encoder().encode
@@ -265,11 +273,15 @@ class Actor:
             return Finish(policy.released(now=now) if releasing else policy.continued(now=now))
         spent = trio.current_time() - self._step_started
         self.host.costs.observe(self.kind, self.step, max(spent, self.budget_s))
-        cut = self.checkpoint.failures.get(self.step, 0) + 1
-        self.checkpoint.failures[self.step] = cut
-        # time spent waiting for a throttle was not the step's to use
-        had = self.deadline - self._step_started - self._step_waited
-        whole = had >= self.budget_s * WHOLE_BUDGET_SHARE
+        never = False
+        if self._step_first:
+            cp = self.checkpoint
+            # time spent waiting for a throttle was not the step's to use
+            had = self.deadline - self._step_started - self._step_waited
+            cp.overruns[self.step] = cp.overruns.get(self.step, 0) + 1
+            if had >= self.budget_s * WHOLE_BUDGET_SHARE:
+                cp.whole_overruns[self.step] = cp.whole_overruns.get(self.step, 0) + 1
+            never = (cp.whole_overruns.get(self.step, 0) >= WHOLE_OVERRUNS
+                     or cp.overruns[self.step] >= MAX_CUT_SHORT)
         return Finish(policy.on_budget_exceeded(
-            self.step, had_whole_budget=self._step_first and (whole or cut >= MAX_CUT_SHORT),
-            budget_s=self.budget_s, now=now))
+            self.step, had_whole_budget=never, budget_s=self.budget_s, now=now))
