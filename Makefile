@@ -34,6 +34,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/transcode.py
 	$(BIN)/python bench/s3_upload.py
 	$(BIN)/python bench/chaos.py
+	$(BIN)/python bench/chaos.py --backend http
 	$(BIN)/python bench/chaos.py --backend http --r2 s3 --faults 0.1
 	$(BIN)/python bench/chaos.py --backend http --r2 s3 --faults 0.1 --no-kill
 	$(BIN)/python bench/soak.py --minutes $(SOAK_MINUTES)
