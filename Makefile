@@ -37,6 +37,9 @@ bench: $(STAMP)
 	$(BIN)/python bench/chaos.py --backend http
 	$(BIN)/python bench/chaos.py --backend http --r2 s3 --faults 0.1
 	$(BIN)/python bench/chaos.py --backend http --r2 s3 --faults 0.1 --no-kill
+	$(BIN)/python bench/chaos.py --backend http --r2 s3 --faults 0.1 --ai
+	$(BIN)/python bench/ai_storm.py
+	$(BIN)/python bench/describe_overhead.py
 	$(BIN)/python bench/soak.py --minutes $(SOAK_MINUTES)
 
 clean:

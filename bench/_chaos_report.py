@@ -121,6 +121,10 @@ def body(args: argparse.Namespace, rep: Report, settings: str, d1_default: int) 
                          + ", ".join(f"{v} {k}" for k, v in sorted(faults.items())) + ")"))
             rows.append((f"{name}: requests sent into an announced retry-after",
                          f"{f[f'{name} requests into an announced throttle']}"))
+    if "ai requests reaching the API" in f:
+        rows.append(("ai: requests reaching the Messages API / the most in any minute / "
+                     "429s for its limit", f"{f['ai requests reaching the API']:,} / "
+                     f"{f['ai: most requests in any minute']} / {f['ai: 429s for its limit']}"))
     lines = [f"`{command(args, d1_default)}` ({args.seconds:g} s of load, {settings}; targets: "
              "0 lost, 0 duplicated" + (", recovery within the lease grace plus two poll "
                                        "intervals" if f["recovery target s"] is not None

@@ -144,8 +144,15 @@ AI_PAYLOAD = {"description": "A chaos run clip: a moving test pattern and a 440 
 AI_ANSWER = json.dumps({"title": "Chaos clip", "summary": "A moving test pattern with a tone.",
                         "tags": ["chaos", "test"],
                         "chapters": [{"start_s": 0.0, "title": "Start"}]})
-AI_PER_WAVE = 0.5
-AI_SECTIONS: dict[str, dict[str, object]] = {"ai": {"providers": ["anthropic"]}}
+AI_PER_WAVE = 1.5
+#: the Messages API fake allows this many requests per minute: the AI upstream's
+#: limit, which the requests reaching it must keep to (+10%)
+AI_LIMIT_PER_MINUTE = 100
+AI_SECTIONS: dict[str, dict[str, object]] = {
+    "ai": {"providers": ["anthropic"], "hold_max_s": 4.0},
+    # a short budget like every kind here, so a killed daemon's jobs come back soon
+    'kinds."ai.describe"': {"budget_s": 4.0},
+}
 AI_KEY = {"ANTHROPIC_API_KEY": "chaos-key-not-a-secret"}
 
 
@@ -185,6 +192,7 @@ class Run:
     s3_proxy: FaultProxy | None = None
     ai_proxy: FaultProxy | None = None
     ai_base: str = ""
+    ai_fake: Any = None
     env: dict[str, str] = field(default_factory=dict)
     clips: list[Path] = field(default_factory=list)
 
@@ -487,6 +495,14 @@ def analyse(run: Run, exits: dict[str, int]) -> Report:
         rep.check("D1 requests within the daemons' summed request budget", over == 0,
                   f"{over} over")
         rep.figures["d1 requests"] = len(stamps)
+    if run.ai_fake is not None:
+        most = run.ai_fake.most_in_window()
+        rep.check(f"AI requests within the API's limit + 10% ({AI_LIMIT_PER_MINUTE} a minute)",
+                  most <= AI_LIMIT_PER_MINUTE * 1.1, f"{most} in one minute")
+        rep.figures["ai requests reaching the API"] = len(run.ai_fake.log)
+        rep.figures["ai: most requests in any minute"] = most
+        rep.figures["ai: 429s for its limit"] = sum(
+            1 for _, status in run.ai_fake.log if status == 429)
     types = Counter(e[1] for e in events)
     held = {(j, round(lease, 3)) for kill in run.kills for j, lease in kill.held}
     live_reaps = sum(1 for e in events if e[1] == "reaped"
@@ -603,7 +619,9 @@ async def start_messages(run: Run, nursery: trio.Nursery, rng: random.Random) ->
         raise SystemExit(f"chaos: --ai needs the {AI_KIND} kind (issue 4), not on this build")
     from tests.fakes.messages_server import ok, serve_messages
 
-    fake = await serve_messages(nursery, script=[ok(AI_ANSWER)] * 100_000)
+    fake = await serve_messages(nursery, limit_per_minute=AI_LIMIT_PER_MINUTE,
+                                default=ok(AI_ANSWER))
+    run.ai_fake = fake
     run.ai_base = fake.base_url
     if run.args.faults:
         run.ai_proxy = await serve_proxy(nursery, upstream=fake.base_url, flavor="messages",

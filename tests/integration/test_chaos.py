@@ -48,7 +48,10 @@ async def test_chaos_quick_sqlite() -> None:
 
 
 async def test_chaos_quick_d1_rest_and_s3_with_faults() -> None:
-    out = await run_chaos("--seed", "2", "--backend", "http", "--r2", "s3", "--faults", "0.1")
+    out = await run_chaos("--seed", "2", "--backend", "http", "--r2", "s3", "--faults", "0.1",
+                          "--ai")
     assert "FAIL" not in out
     assert "d1 faults:" in out
     assert "s3 faults:" in out
+    assert "messages faults:" in out
+    assert "PASS  AI requests within the API's limit" in out
