@@ -2,6 +2,8 @@
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
+# bench/soak.py's length (30 minutes by default; `make bench SOAK_MINUTES=10`)
+SOAK_MINUTES ?= 30
 STAMP := $(VENV)/.installed
 
 .PHONY: run test lint bench clean
@@ -31,6 +33,14 @@ bench: $(STAMP)
 	$(BIN)/python bench/feed_clients.py
 	$(BIN)/python bench/transcode.py
 	$(BIN)/python bench/s3_upload.py
+	$(BIN)/python bench/chaos.py
+	$(BIN)/python bench/chaos.py --backend http
+	$(BIN)/python bench/chaos.py --backend http --r2 s3 --faults 0.1
+	$(BIN)/python bench/chaos.py --backend http --r2 s3 --faults 0.1 --no-kill
+	$(BIN)/python bench/chaos.py --backend http --r2 s3 --faults 0.1 --ai
+	$(BIN)/python bench/ai_storm.py
+	$(BIN)/python bench/describe_overhead.py
+	$(BIN)/python bench/soak.py --minutes $(SOAK_MINUTES)
 
 clean:
 	rm -rf $(VENV) var

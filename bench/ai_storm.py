@@ -37,6 +37,7 @@ from typing import Any
 import trio
 
 from _harness import ROOT, Daemon, prepare, record, sqlite_config, workdir, write_config
+from _reliability import record_reliability
 from deepmox.client import JobSpec, open_client
 from deepmox.config import Config
 
@@ -171,7 +172,7 @@ def main() -> None:
             f"{f['statuses'].get('503', 0)} | {f['statuses'].get('429', 0)} | "
             f"{f['states'].get('completed', 0)} | {f['seconds']:g} |" for f in results)
         a = results[0]
-        record("AI retry storm", f"""
+        text = f"""
 `.venv/bin/python bench/ai_storm.py` ({a['jobs']} `ai.describe` jobs submitted at once to
 {a['daemons']} daemons on one SQLite file; the Messages API fake allows {a['limit']} requests
 per sliding {a['window_s']:g} s, answers 503 to everything for the first {a['outage_s']:g} s,
@@ -188,7 +189,9 @@ Requests count every answer the fake gave (200, 503 and 429). With the
 `anthropic-ratelimit-requests-*` headers the gate spends at most half of what
 the API says is left and waits for its reset when nothing is; without them a
 429's `retry-after` holds every daemon back through the shared throttle.
-""")
+"""
+        record("AI retry storm", text)
+        record_reliability("ai-storm", text)
     sys.exit(0 if all(f["ok"] for f in results) else 1)
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import gc
 import itertools
 import logging
+import random
 import signal
 import sys
 import time
@@ -28,6 +29,7 @@ import trio
 
 from ._sdnotify import Notifier
 from .actors.registry import Registry
+from .actors.scratch import ScratchRoot
 from .api.ai_metrics import ai_metrics
 from .api.feed import FeedHub, ticker
 from .api.metrics import DaemonCollector
@@ -35,10 +37,11 @@ from .api.server import serve_api
 from .api.surface import FleetView, daemon_routes, health_of, progress_messages
 from .bindings.ai import AI
 from .bindings.d1 import D1, open_d1
-from .bindings.d1.migrate import migrate
-from .bindings.r2 import open_r2
+from .bindings.d1.migrate import Migration, migrate
+from .bindings.r2 import FilesystemR2, open_r2
 from .client import Client, default_node
 from .config import Config
+from .errors import RateLimitedError, TransientError
 from .supervisor import Supervisor, SupervisorStatistics
 from .wake import WakeListener
 
@@ -55,6 +58,10 @@ SWITCH_INTERVAL_S = 0.001
 STATUS_EVERY_S = 2.0
 #: watchdog pings are considered this many times per watchdog interval
 WATCHDOG_TICKS = 4
+#: a start that finds D1 unavailable or throttling tries again after this
+#: long, doubling (with jitter) up to START_RETRY_MAX_S
+START_RETRY_MIN_S = 0.5
+START_RETRY_MAX_S = 30.0
 
 
 class Daemon:
@@ -97,12 +104,15 @@ async def serve(cfg: Config, *, wall: Callable[[], float] = time.time,
     r2 = open_r2(cfg.r2)
     d1 = open_d1(cfg.d1)
     ai = AI(cfg)
+    scratch: ScratchRoot | None = None
     try:
-        applied = await migrate(d1, wall())
+        applied = await _migrate_when_reachable(d1, wall)
         for m in applied:
             log.info("applied migration %s", m.name, extra={"event": "migrated"})
         ai.log_usability()
-        supervisor = Supervisor(cfg, d1, registry, node=node, wall=wall, r2=r2, ai=ai)
+        scratch = await trio.to_thread.run_sync(ScratchRoot.open, cfg.video.scratch_dir, node)
+        supervisor = Supervisor(cfg, d1, registry, node=node, wall=wall, r2=r2, ai=ai,
+                                scratch_base=str(scratch.path))
         client = Client(cfg, d1, registry, wall=wall, node=node, on_submit=supervisor.wake,
                         submit_batch=supervisor.submit_batch)
         daemon = Daemon(cfg, d1, supervisor, client, notifier)
@@ -120,9 +130,31 @@ async def serve(cfg: Config, *, wall: Callable[[], float] = time.time,
     finally:
         notifier.close()
         with trio.CancelScope(shield=True):
+            if scratch is not None:
+                await trio.to_thread.run_sync(scratch.close)
             await d1.aclose()
             await r2.aclose()
             await ai.aclose()
+
+
+async def _migrate_when_reachable(d1: D1, wall: Callable[[], float]) -> list[Migration]:
+    """Apply the migrations, waiting out a D1 that is unavailable or throttling
+    (a passing fault must not stop a start); a permanent error (a refused
+    token, a bad statement) ends the start at once. Each try is safe to repeat:
+    a migration whose answer was lost is found applied by the next try."""
+    wait = START_RETRY_MIN_S
+    while True:
+        try:
+            return await migrate(d1, wall())
+        except (TransientError, RateLimitedError) as exc:
+            delay = wait * random.uniform(0.5, 1.5)
+            if isinstance(exc, RateLimitedError):
+                delay = max(delay, exc.retry_after)
+            log.warning("D1 is not ready (%s): %s; the start tries again in %.1f s",
+                        exc.error_class, exc.message, delay,
+                        extra={"event": "start_retry", "error_class": exc.error_class})
+            await trio.sleep(delay)
+            wait = min(wait * 2, START_RETRY_MAX_S)
 
 
 async def _run(cfg: Config, daemon: Daemon, view: FleetView, listener: WakeListener | None,
@@ -162,12 +194,27 @@ async def _run(cfg: Config, daemon: Daemon, view: FleetView, listener: WakeListe
         log.info("daemon %s running: d1=%s, %d kinds", node, cfg.d1.backend,
                  len(registry.names()), extra={"event": "ready"})
         nursery.start_soon(_report_status, daemon)
+        if isinstance(r2, FilesystemR2):
+            nursery.start_soon(_sweep_store, r2)
         interval = notifier.watchdog_interval_s()
         if interval is not None and notifier.enabled:
             nursery.start_soon(_watchdog, supervisor, notifier, interval)
         task_status.started(daemon)
         await supervisor.wait_stopped()
         nursery.cancel_scope.cancel()
+
+
+async def _sweep_store(r2: FilesystemR2) -> None:
+    """Remove what writers killed mid-write left in the store, in the background."""
+    try:
+        removed = await r2.sweep_leftovers()
+    except OSError as exc:  # an unreadable folder: the store still works
+        log.warning("could not sweep the object store: %s", exc,
+                    extra={"event": "store_sweep_failed"})
+        return
+    if removed:
+        log.info("removed %d temporary files that killed writers left in the object store",
+                 removed, extra={"event": "store_swept"})
 
 
 def _stats(view: FleetView) -> Callable[[], Awaitable[dict[str, Any]]]:

@@ -60,7 +60,7 @@ class S3Server:
             config=Config(
                 request_checksum_calculation="when_required",
                 response_checksum_validation="when_required",
-                retries={"max_attempts": 1, "mode": "standard"},
+                retries={"total_max_attempts": 1, "mode": "standard"},
                 s3={"addressing_style": "path"},
                 signature_version="s3v4",
                 **config,

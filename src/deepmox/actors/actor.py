@@ -34,6 +34,18 @@ log = logging.getLogger("deepmox.actor")
 
 #: a checkpoint write waits at most this long for its answer, shielded from the budget
 CHECKPOINT_GRACE_S = 5.0
+#: a run's first step had "the whole budget" when it started with at least this
+#: share of it: an actor spawned late (a slow pull cycle on a loaded machine)
+#: has its deadline clipped to its lease, and a step cut short by that may
+#: still fit a whole budget
+WHOLE_BUDGET_SHARE = 0.95
+#: a run's first step that overran this many times with the whole budget
+#: "never fits" and fails as permanent: one overrun may be a starved machine
+#: (other processes, a slow disk), two in a row are the step
+WHOLE_OVERRUNS = 2
+#: ... and one that overran this often in all (with the whole budget or not)
+#: fails as permanent as well: the redos use no attempt, so they are bounded
+MAX_CUT_SHORT = 3
 
 
 class Checkpoint(msgspec.Struct, omit_defaults=True):
@@ -41,6 +53,10 @@ class Checkpoint(msgspec.Struct, omit_defaults=True):
     failures: dict[str, int] = msgspec.field(default_factory=dict)
     #: seconds each done step took
     times: dict[str, float] = msgspec.field(default_factory=dict)
+    #: overruns of a step that ran first in its actor: all, and those with the
+    #: whole budget (see WHOLE_OVERRUNS, MAX_CUT_SHORT)
+    overruns: dict[str, int] = msgspec.field(default_factory=dict)
+    whole_overruns: dict[str, int] = msgspec.field(default_factory=dict)
 
 
 _encode = msgspec.json.Encoder().encode
@@ -53,6 +69,8 @@ class Host(Protocol):
     retry_policy: policy.RetryPolicy
     rng: random.Random
     bindings: Bindings
+    #: where actors make their scratch folders
+    scratch_base: str
 
     def wall(self) -> float: ...
 
@@ -114,12 +132,15 @@ class Actor:
         self._total_steps = 0
         self._step_first = False
         self._step_started = 0.0
+        #: the running step's expected cost, and how long it waited for throttles
+        self._step_cost = 0.0
+        self._step_waited = 0.0
         self.outputs: Mapping[str, Any] = self.checkpoint.done
         self.payload: Any = None
         self.failures = 0
         self.bindings = host.bindings
         limits = host.bindings.cfg.limits
-        self.scratch = Scratch(host.bindings.cfg.video.scratch_dir, limits.scratch_bytes,
+        self.scratch = Scratch(host.scratch_base, limits.scratch_bytes,
                                f"{job.kind}-{job.id}")
 
     def live_progress(self) -> float:
@@ -149,8 +170,13 @@ class Actor:
         wait = when - self.host.wall()
         if wait <= 0:
             return
-        if wait <= self.remaining() * 0.9:
+        # wait here only if what is left of the step still fits after the wait;
+        # else run again when the throttle ends, with a whole budget
+        left = max(0.0, self._step_cost - (trio.current_time() - self._step_started))
+        if wait + left <= self.remaining() * 0.9:
+            began = trio.current_time()
             await trio.sleep(wait)
+            self._step_waited += trio.current_time() - began
             return
         raise _Continue(when)
 
@@ -225,6 +251,8 @@ class Actor:
             self.step, self.step_progress = nxt.name, 0.0
             self.last_step, self.step_note = nxt.name, None
             self._step_first, self._step_started = first, trio.current_time()
+            self._step_cost = self.host.costs.expect(self.kind, nxt.name, nxt.cost_s)
+            self._step_waited = 0.0
             self.failures = self.checkpoint.failures.get(nxt.name, 0)
             try:
                 output = await nxt.run(self)
@@ -289,5 +317,15 @@ class Actor:
             return Finish(policy.released(now=now) if releasing else policy.continued(now=now))
         spent = trio.current_time() - self._step_started
         self.host.costs.observe(self.kind, self.step, max(spent, self.budget_s))
+        never = False
+        if self._step_first:
+            cp = self.checkpoint
+            # time spent waiting for a throttle was not the step's to use
+            had = self.deadline - self._step_started - self._step_waited
+            cp.overruns[self.step] = cp.overruns.get(self.step, 0) + 1
+            if had >= self.budget_s * WHOLE_BUDGET_SHARE:
+                cp.whole_overruns[self.step] = cp.whole_overruns.get(self.step, 0) + 1
+            never = (cp.whole_overruns.get(self.step, 0) >= WHOLE_OVERRUNS
+                     or cp.overruns[self.step] >= MAX_CUT_SHORT)
         return Finish(policy.on_budget_exceeded(
-            self.step, had_whole_budget=self._step_first, budget_s=self.budget_s, now=now))
+            self.step, had_whole_budget=never, budget_s=self.budget_s, now=now))

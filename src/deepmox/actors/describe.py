@@ -181,15 +181,18 @@ async def _describe(ctx: StepContext, *, name: str) -> Any:
                    if not errors else Attempt(provider=name, status="invalid", errors=errors))
     else:
         attempt = await _ask(ctx, name, context)
-    _note(ctx, name, attempt.calls, _status_text(attempt))
     earlier = attempts(ctx.outputs)
+    last = name == planned["providers"][-1]
+    # a failing last step's event says the errors once, in its message
+    _note(ctx, name, attempt.calls,
+          attempt.status if last and attempt.status != "ok" else _status_text(attempt))
     if attempt.status == "ok":
         assert attempt.metadata is not None
         usage = total_usage([c for a in (*earlier, attempt) for c in a.calls])
         meta = {**attempt.metadata, "provider": name, "context_source": context.source,
                 "usage": _usage_dict(usage)}
         attempt = msgspec.structs.replace(attempt, metadata=meta)
-    elif name == planned["providers"][-1]:
+    elif last:
         raise PermanentError(_summary([*earlier, attempt]))
     return msgspec.to_builtins(attempt)
 

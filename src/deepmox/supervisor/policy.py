@@ -13,7 +13,8 @@ rate_limited       pending after max(retry-after, shared throttle);     refunded
 permanent,         failed at once                                       used
 invalid_output
 budget_exceeded    pending, due now, to redo the step with a whole      refunded
-                   budget; permanent if it already had one
+                   budget; permanent when the actor judges it never
+                   fits (two overruns with a whole budget)
 released (drain)   pending, due now                                     refunded
 =================  ===================================================  ========
 """

@@ -82,8 +82,12 @@ class Supervisor:
     def __init__(self, cfg: Config, d1: D1, registry: Registry, *, node: str,
                  wall: Callable[[], float] = time.time,
                  rng: random.Random | None = None, r2: R2 | None = None,
-                 ai: AI | None = None) -> None:
+                 ai: AI | None = None, scratch_base: str | None = None) -> None:
+        """``scratch_base``: the folder for actors' scratch folders (the
+        daemon's :class:`~deepmox.actors.scratch.ScratchRoot`); default
+        ``[video] scratch_dir``."""
         self.cfg = cfg
+        self.scratch_base = cfg.video.scratch_dir if scratch_base is None else scratch_base
         self.d1 = d1
         #: an AI binding made here is closed here, when :meth:`run` ends
         self._own_ai = ai is None
@@ -361,7 +365,8 @@ class Supervisor:
         if not ok:
             self.counts["lease_lost"] += 1
             self._lost.append({"id": q.ack.id, "detail": (
-                f"{q.ack.event} by {self.node} dropped: the lease was lost")})
+                f"{q.ack.event} by {self.node} dropped: the lease was lost "
+                f"(write {q.ack.ack})")})
             log.warning("lease lost: job %s, %s dropped", q.ack.id, q.ack.event,
                         extra={"event": "lease_lost", "job_id": q.ack.id})
             return

@@ -19,7 +19,10 @@ Steps, each its own budgeted unit with deterministic object keys under
 =======================  ==========================================================
 
 Every actor starts with an empty scratch folder; a step that needs the source
-fetches it from the store once per actor run.
+fetches it from the store once per actor run. Every use of the store goes
+through :func:`store`, which first honours a throttle on ``r2`` that any
+actor on any daemon recorded (an S3/R2 429 or 503): the fleet backs off
+together instead of every actor finding out by itself.
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ from .. import config
 from ..actors.kind import Kind, Step, StepContext
 from ..bindings import media
 from ..bindings.r2 import R2
+from ..bindings.r2.s3 import UPSTREAM as R2_UPSTREAM
 from ..errors import PermanentError
 from . import ingest, speed
 
@@ -90,11 +94,18 @@ def _renditions(ctx: StepContext, payload: TranscodePayload) -> list[RenditionSp
             for r in ctx.bindings.cfg.video.renditions]
 
 
+async def store(ctx: StepContext) -> R2:
+    """The object store, once no throttle on it is in force (waits, or hands
+    the job back to run when the throttle ends: no attempt used)."""
+    await ctx.wait_throttle(R2_UPSTREAM)
+    return ctx.bindings.require_r2()
+
+
 async def local_source(ctx: StepContext) -> Path:
     """The source in this actor's scratch folder, fetched once per actor run."""
     path = ctx.scratch.path / "source"
     if not path.exists():
-        r2 = ctx.bindings.require_r2()
+        r2 = await store(ctx)
         key = f"{prefix(ctx.job_id)}/source"
         info = await r2.head(key)
         if info is None:
@@ -114,7 +125,7 @@ async def first_rendition(ctx: StepContext) -> tuple[Path, dict[str, Any]]:
         src = ctx.scratch.path / "first-rendition.mp4"
         if not await trio.Path(src).exists():
             ctx.scratch.ensure_room(int(first["size"]))
-            await ctx.bindings.require_r2().get(first["key"], src)
+            await (await store(ctx)).get(first["key"], src)
     return src, first
 
 
@@ -164,7 +175,7 @@ class Transcode(Kind):
     async def _ingest(self, ctx: StepContext) -> Any:
         payload: TranscodePayload = ctx.payload
         cfg = ctx.bindings.cfg
-        r2 = ctx.bindings.require_r2()
+        r2 = await store(ctx)
         dest = ctx.scratch.path / "source"
         room = ctx.scratch.quota_bytes - ctx.scratch.used_bytes()
         fetched = await ingest.fetch(
@@ -235,7 +246,7 @@ class Transcode(Kind):
                 "audio_cost_s": max(1.0, duration / 50)}
 
     async def _audio(self, ctx: StepContext) -> Any:
-        r2 = ctx.bindings.require_r2()
+        r2 = await store(ctx)
         src = await local_source(ctx)
         out = ctx.scratch.path / "audio.m4a"
         plan = ctx.outputs["plan"]
@@ -257,7 +268,7 @@ class Transcode(Kind):
                                     limits=media_limits(ctx))
         took = trio.current_time() - began
         key = chunk_key(ctx.job_id, name, n)
-        result = await ctx.bindings.require_r2().put(key, out, content_type="video/mp4")
+        result = await (await store(ctx)).put(key, out, content_type="video/mp4")
         size = out.stat().st_size
         out.unlink()
         if took > 0:
@@ -267,7 +278,7 @@ class Transcode(Kind):
     async def _assemble(self, ctx: StepContext, *, name: str) -> Any:
         plan = ctx.outputs["plan"]
         r = next(x for x in plan["renditions"] if x["name"] == name)
-        r2 = ctx.bindings.require_r2()
+        r2 = await store(ctx)
         folder = ctx.scratch.path / f"assemble-{name}"
         folder.mkdir(exist_ok=True)
         parts = []
@@ -311,7 +322,7 @@ class Transcode(Kind):
         duration = float(ctx.outputs["plan"]["duration_s"])
         src, first = await first_rendition(ctx)
         height = min(360, int(first["height"]))
-        r2 = ctx.bindings.require_r2()
+        r2 = await store(ctx)
         shots = [(f"{i:02}.jpg", duration * (i + 1) / (count + 1)) for i in range(count)]
         shots.append(("poster.jpg", min(duration * 0.1, 5.0)))
         files = [(ctx.scratch.path / f"thumb-{name}", at) for name, at in shots]
@@ -331,7 +342,7 @@ class Transcode(Kind):
         manifest = self.manifest(ctx)
         key = f"{prefix(ctx.job_id)}/manifest.json"
         body = msgspec.json.format(msgspec.json.encode(manifest), indent=2)
-        await ctx.bindings.require_r2().put(key, body, content_type="application/json")
+        await (await store(ctx)).put(key, body, content_type="application/json")
         return {"key": key}
 
 

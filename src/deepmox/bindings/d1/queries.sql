@@ -207,10 +207,14 @@ SELECT jobs.id FROM json_each(?) AS a JOIN jobs ON jobs.id = a.value->>'id'
 WHERE jobs.last_ack = a.value->>'ack';
 
 -- name: lease_lost_events
+-- Each note names the write it is about, so a note sent again after a cycle
+-- whose answer was lost (it may have been recorded) is recorded once.
 INSERT INTO job_events (job_id, type, ts, attempt, state, progress, step, error_class, detail, node)
 SELECT jobs.id, 'lease_lost', ?, jobs.attempt, jobs.state, jobs.progress, jobs.step, NULL,
        l.value->>'detail', ?
-FROM json_each(?) AS l JOIN jobs ON jobs.id = l.value->>'id';
+FROM json_each(?) AS l JOIN jobs ON jobs.id = l.value->>'id'
+WHERE NOT EXISTS (SELECT 1 FROM job_events AS e WHERE e.job_id = jobs.id
+                  AND e.type = 'lease_lost' AND e.detail = l.value->>'detail');
 
 -- name: throttle_extend
 INSERT INTO throttles (upstream, blocked_until, reason, updated_at)

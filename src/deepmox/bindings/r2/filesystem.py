@@ -21,8 +21,9 @@ Writes
 Atomic: the bytes go to a temporary file in the object's own folder, are
 fsynced, renamed over the final name, and the folder is fsynced; folders a put
 creates are fsynced into their parents. Temporary names start with DEL
-(``"\\x7fdeepmox-<random>.tmp"``), a character no key may hold, so a half-written
-file is never mistaken for an object, and listings skip them. A conditional put
+(``"\\x7fdeepmox-<host>.<pid>-<random>.tmp"``, see :mod:`.temps`), a character
+no key may hold, so a half-written file is never mistaken for an object, and
+listings skip them. A conditional put
 *links* its temporary file to the final name: ``os.link`` fails when the name
 exists, so of two processes racing for one key exactly one creates it, and the
 other's content is never visible.
@@ -38,7 +39,8 @@ record (:class:`~deepmox.errors.R2PermanentError`: corrupt).
 Limits of a folder: the key ``a`` (a file) and ``a/b`` (inside a folder ``a``)
 cannot both exist; a put of one while the other exists raises
 :class:`~deepmox.errors.R2KeyError`. Deleting an object removes the folders it
-leaves empty. A process killed mid-write leaves its temporary file behind.
+leaves empty. A process killed mid-write leaves its temporary file behind;
+a daemon starting on the store removes it (:meth:`FilesystemR2.sweep_leftovers`).
 
 Errors
 ------
@@ -89,10 +91,11 @@ from .interface import (
     local_file_error,
 )
 from .keys import is_valid_key, validate_content_type, validate_key, validate_metadata
+from .temps import PREFIX as TMP_PREFIX
+from .temps import sweep_tree, temp_name
 
 T = TypeVar("T")
 
-TMP_PREFIX = "\x7fdeepmox-"
 #: a delete may remove a folder between a put's mkdir and its create: try again
 _CREATE_ATTEMPTS = 8
 _PERMANENT_ERRNOS = (errno.EACCES, errno.EPERM, errno.EROFS)
@@ -270,6 +273,12 @@ class FilesystemR2:
         return R2Statistics(backend=self.backend, requests=self._requests, errors=self._errors,
                             bytes_up=self._bytes_up, bytes_down=self._bytes_down)
 
+    async def sweep_leftovers(self) -> int:
+        """Remove the temporary files that writers killed mid-write left in the
+        store (see :mod:`.temps`); return how many. Walks the whole store."""
+        return await trio.to_thread.run_sync(sweep_tree, self._root, self._meta,
+                                             limiter=self._limiter)
+
     async def aclose(self) -> None:
         pass
 
@@ -295,7 +304,7 @@ class FilesystemR2:
         path = self._record_path(record.key)
         folder = os.path.dirname(path)
         _ensure_dir(folder)
-        tmp = f"{folder}/{TMP_PREFIX}{secrets.token_hex(8)}.tmp"
+        tmp = temp_name(folder)
         try:
             with open(tmp, "xb") as f:
                 f.write(_encode_record(record))
@@ -341,7 +350,7 @@ class FilesystemR2:
                 _ensure_dir(folder)
             except (FileExistsError, NotADirectoryError) as exc:
                 raise _conflict(key) from exc
-            tmp = f"{folder}/{TMP_PREFIX}{secrets.token_hex(8)}.tmp"
+            tmp = temp_name(folder)
             try:
                 return open(tmp, "xb"), tmp  # the caller closes it
             except FileNotFoundError:

@@ -4,8 +4,10 @@ The client is made as R2 wants it: ``region_name`` (R2: ``"auto"``), the
 account's ``endpoint_url``, path-style addressing, SigV4 signatures (presigned
 URLs included), checksums only when an
 operation requires them (``when_required``: R2 refuses the checksum headers
-recent boto3 sends by default), botocore's own retries off (``max_attempts``
-1: deepmox classifies and retries, and honours throttles across daemons), and
+recent boto3 sends by default), botocore's own retries off
+(``total_max_attempts`` 1 -- its ``max_attempts`` counts the retries after
+the first attempt, so 1 would still retry once: deepmox classifies and
+retries, and honours throttles across daemons), and
 a pool of ``max_threads`` connections. boto3 blocks, so every request runs in a
 worker thread, at most ``max_threads`` at a time (one
 :class:`trio.CapacityLimiter`); the client itself is made in a worker thread on
@@ -277,7 +279,9 @@ class S3R2:
         config = Config(
             request_checksum_calculation="when_required",
             response_checksum_validation="when_required",
-            retries={"max_attempts": 1, "mode": "standard"},
+            # one attempt in all: deepmox classifies and retries, and honours
+            # throttles across daemons ("max_attempts" would mean one retry)
+            retries={"total_max_attempts": 1, "mode": "standard"},
             max_pool_connections=self._max_threads,
             s3={"addressing_style": "path"},
             # R2 knows SigV4 only; boto3 would presign some URLs with SigV2
