@@ -28,6 +28,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/throughput.py
 	$(BIN)/python bench/latency.py
 	$(BIN)/python bench/http_latency.py
+	$(BIN)/python bench/http_breakdown.py
 	$(BIN)/python bench/d1_requests.py
 	$(BIN)/python bench/idle.py
 	$(BIN)/python bench/feed_clients.py

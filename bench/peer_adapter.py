@@ -6,6 +6,12 @@ Run through the harness, measured in the same run as the peers:
       PEERS="deepmox-sqlite huey-sqlite" LARGE_N=0 bash ../shared/bench-peers/run_all.sh
 
 or alone: ``PYTHONPATH=../shared/bench-peers .venv/bin/python bench/peer_adapter.py``.
+
+With ``DEEPMOX_PEER_SUBMIT=http`` (the row ``deepmox-http``: register it as
+``"deepmox-http|$PWD/.venv|$PWD/bench/peer_adapter.py|DEEPMOX_PEER_SUBMIT=http"``)
+the latency phase submits with ``POST /v1/jobs`` (http.client, one keep-alive
+connection) to the daemon's HTTP port instead of through the Python client;
+the other phases are the same.
 Same three phases as every peer: enqueue (one by one, and in bulk), throughput
 of one worker process on N pre-queued noop jobs, and latency of 200 ``mark``
 jobs to an idle worker (default settings).
@@ -13,9 +19,13 @@ jobs to an idle worker (default settings).
 
 from __future__ import annotations
 
+import http.client
+import json
 import os
+import socket
 import sqlite3
 import sys
+import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -35,9 +45,14 @@ DB = Path(c.WORK) / "deepmox.db"
 for suffix in ("", "-wal", "-shm"):
     if (p := Path(str(DB) + suffix)).exists():
         p.unlink()
+HTTP = os.environ.get("DEEPMOX_PEER_SUBMIT") == "http"
+with socket.socket() as _s:
+    _s.bind(("127.0.0.1", 0))
+    PORT = int(_s.getsockname()[1])
 CFG = write_config(Path(c.WORK) / "deepmox-peer.toml", sqlite_config(
     DB, f'[supervisor]\nmax_actors = {max(args.concurrency, 200)}\n'
-        'kind_modules = ["deepmox_bench_kinds"]\n'))
+        'kind_modules = ["deepmox_bench_kinds"]\n',
+    listen=f"127.0.0.1:{PORT}" if HTTP else ""))
 cfg = prepare(CFG)
 n = args.n
 
@@ -79,9 +94,29 @@ def worker() -> c.Worker:
 
 res = c.throughput_phase(worker(), done_count, n, args)
 ct = ClientThread(cfg)
+conn_http: http.client.HTTPConnection | None = None
 
 
 def submit(i: int, path: str) -> None:
+    global conn_http
+    if HTTP:
+        body = json.dumps({"kind": "bench.mark", "payload": {"i": i, "path": path}}).encode()
+        for _ in range(300):  # the warm-up job waits for the port to listen
+            try:
+                if conn_http is None:
+                    conn_http = http.client.HTTPConnection("127.0.0.1", PORT, timeout=10)
+                conn_http.request("POST", "/v1/jobs", body=body,
+                                  headers={"content-type": "application/json"})
+                answer = conn_http.getresponse()
+                answer.read()
+                if answer.status != 201:
+                    raise RuntimeError(f"POST /v1/jobs answered {answer.status}")
+                return
+            except ConnectionRefusedError:
+                conn_http = None
+                time.sleep(0.05)
+        raise RuntimeError("the daemon's port never answered")
+
     async def go() -> None:
         assert ct.client is not None
         await ct.client.submit(JobSpec(kind="bench.mark", payload={"i": i, "path": path}))
@@ -93,8 +128,10 @@ try:
     res.update(c.run_latency(submit, worker(), args, "deepmox"))
 finally:
     ct.close()
+    if conn_http is not None:
+        conn_http.close()
 res.update({
-    "peer": "deepmox-sqlite",
+    "peer": "deepmox-http" if HTTP else "deepmox-sqlite",
     "version": f"deepmox {deepmox.__version__}; sqlite {sqlite3.sqlite_version}",
     "n": n, "concurrency": 200,
     "enqueue_per_s": c.rate(n, enq), "enqueue_bulk_per_s": c.rate(n, bulk_s),
@@ -102,6 +139,8 @@ res.update({
               "tasks); SQLite WAL synchronous=FULL; done = state 'completed' committed with "
               "a fenced lease token and a 'completed' event row; claims, acks and events "
               "batched per pull cycle; poll 2 ms busy .. 1 s idle, local submissions wake the "
-              "daemon at once (wake socket); enqueue = Client.submit, bulk = submit_many(1000)"),
+              "daemon at once (wake socket); enqueue = Client.submit, bulk = submit_many(1000)"
+              + ("; latency: POST /v1/jobs (http.client, keep-alive) to the daemon's HTTP "
+                 "port" if HTTP else "")),
 })
 c.emit(res)
