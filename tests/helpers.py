@@ -27,6 +27,9 @@ from typing import Any, TypeVar
 
 import trio
 
+from deepmox.bindings.d1 import Statement
+from deepmox.bindings.d1.queries import Q
+
 T = TypeVar("T")
 
 #: events that end the lease a ``claimed`` event began
@@ -242,3 +245,42 @@ def toml(sections: Mapping[str, Mapping[str, object]]) -> str:
         out.extend(f"{key} = {_toml_value(value)}" for key, value in values.items())
         out.append("")
     return "\n".join(out)
+
+
+# -- a D1 binding wrapped, to watch or break its batches ------------------------------
+
+class D1Wrapper:
+    """A D1 binding around another one: every call goes through, and a test
+    subclass overrides :meth:`batch` to watch the batches or break them."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.backend = inner.backend
+
+    async def batch(self, statements: Sequence[Statement]) -> list[Any]:
+        return list(await self.inner.batch(statements))
+
+    async def execute(self, sql: str, *params: Any) -> Any:
+        return (await self.batch([Statement(sql, params)]))[0]
+
+    def statistics(self) -> Any:
+        return self.inner.statistics()
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+class ReadBackCounter(D1Wrapper):
+    """Counts the event rows the live feed's reads (``tail_events``,
+    ``tail_ranges``) got back: the events pull cycles did not know themselves."""
+
+    def __init__(self, inner: Any) -> None:
+        super().__init__(inner)
+        self.rows = 0
+
+    async def batch(self, statements: Sequence[Statement]) -> list[Any]:
+        results = await super().batch(statements)
+        for stmt, result in zip(statements, results, strict=True):
+            if stmt.sql in (Q["tail_events"], Q["tail_ranges"]):
+                self.rows += len(result.rows)
+        return results

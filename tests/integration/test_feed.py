@@ -9,7 +9,7 @@ never on the wall clock.
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -23,7 +23,6 @@ from trio_websocket import ConnectionClosed, open_websocket_url
 from deepmox import config
 from deepmox.actors.registry import Registry
 from deepmox.api.feed import FeedHub
-from deepmox.bindings.d1 import Result, Statement
 from deepmox.bindings.d1.http import HttpD1
 from deepmox.bindings.d1.migrate import migrate
 from deepmox.bindings.d1.queries import Q
@@ -33,6 +32,7 @@ from deepmox.supervisor import Supervisor
 from deepmox.supervisor.timeline import FeedEvent
 from tests.conftest import TOKEN
 from tests.fakes.d1_server import D1Fake
+from tests.helpers import ReadBackCounter
 
 pytestmark = pytest.mark.slow
 
@@ -217,31 +217,6 @@ async def test_the_fleet_feed_on_the_rest_backend(tmp_path: Path, d1_fake: D1Fak
                          if k not in ("type", "kind")} for m in mine] == stored
 
 
-class CountingD1:
-    """A D1 that counts the event rows pull cycles read back."""
-
-    def __init__(self, inner: HttpD1) -> None:
-        self.inner = inner
-        self.backend = inner.backend
-        self.rows = 0
-
-    async def batch(self, statements: Sequence[Statement]) -> list[Result]:
-        results = await self.inner.batch(statements)
-        for stmt, result in zip(statements, results, strict=True):
-            if stmt.sql in (Q["tail_events"], Q["tail_ranges"]):
-                self.rows += len(result.rows)
-        return results
-
-    async def execute(self, sql: str, *params: Any) -> Result:
-        return (await self.batch([Statement(sql, params)]))[0]
-
-    def statistics(self) -> Any:
-        return self.inner.statistics()
-
-    async def aclose(self) -> None:
-        await self.inner.aclose()
-
-
 async def test_a_rest_daemon_reads_back_only_what_others_wrote(
         tmp_path: Path, d1_fake: D1Fake) -> None:
     # the REST binding's answers (changes, last_row_id of each statement)
@@ -253,7 +228,7 @@ async def test_a_rest_daemon_reads_back_only_what_others_wrote(
 
     cfg = config.decode('[supervisor]\npoll_max_s = 0.1\n')
     registry = Registry.load()
-    d1, client_d1 = CountingD1(http()), http()
+    d1, client_d1 = ReadBackCounter(http()), http()
     try:
         await migrate(client_d1, time.time())
         client = Client(cfg, client_d1, registry, node="client")

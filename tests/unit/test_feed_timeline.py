@@ -26,6 +26,7 @@ from deepmox.errors import D1UnavailableError
 from deepmox.jobs import new_id
 from deepmox.supervisor import Supervisor
 from deepmox.supervisor.timeline import TAIL_LIMIT, FeedEvent, Span, Ticket, Timeline
+from tests.helpers import ReadBackCounter
 from tests.unit.conftest import wall
 
 MakeHarness = Callable[..., Any]
@@ -211,36 +212,22 @@ async def table(d1: SqliteD1) -> list[dict[str, Any]]:
     return [msgspec.to_builtins(FeedEvent(*row)) for row in rows]
 
 
-class ReadBack:
-    """A D1 that counts the event rows cycles read back, and can lose the
-    answer of the next cycle that acknowledges something (it commits)."""
+class ReadBack(ReadBackCounter):
+    """Counts the event rows cycles read back, and can lose the answer of
+    the next cycle that acknowledges something (it commits)."""
 
     def __init__(self, inner: SqliteD1) -> None:
-        self.inner = inner
-        self.backend = inner.backend
-        self.rows = 0
+        super().__init__(inner)
         self.lose_next_ack = False
         self.lost = 0
 
     async def batch(self, statements: Sequence[Statement]) -> list[Result]:
-        results = await self.inner.batch(statements)
-        for stmt, result in zip(statements, results, strict=True):
-            if stmt.sql in (Q["tail_events"], Q["tail_ranges"]):
-                self.rows += len(result.rows)
+        results = await super().batch(statements)
         if self.lose_next_ack and any(s.sql == Q["complete_events"] for s in statements):
             self.lose_next_ack = False
             self.lost += 1
             raise D1UnavailableError("the answer was lost")
         return results
-
-    async def execute(self, sql: str, *params: Any) -> Result:
-        return (await self.batch([Statement(sql, params)]))[0]
-
-    def statistics(self) -> Any:
-        return self.inner.statistics()
-
-    async def aclose(self) -> None:
-        await self.inner.aclose()
 
 
 def odd_wall() -> float:

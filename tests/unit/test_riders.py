@@ -20,6 +20,7 @@ from deepmox.bindings.d1 import Result, SqliteD1, Statement
 from deepmox.client import Client, JobSpec
 from deepmox.errors import D1UnavailableError
 from deepmox.supervisor import Supervisor
+from tests.helpers import D1Wrapper
 from tests.unit.conftest import wall
 
 MakeHarness = Callable[..., Any]
@@ -85,28 +86,18 @@ async def test_a_draining_supervisor_takes_submissions_without_claiming(
         assert await h.types(job.id) == ["submitted"]
 
 
-class _FailRiders:
+class _FailRiders(D1Wrapper):
     """A D1 whose batches fail while ``failing`` is set (nothing commits)."""
 
     def __init__(self, inner: SqliteD1) -> None:
-        self.inner = inner
-        self.backend = inner.backend
+        super().__init__(inner)
         self.failing = False
 
     async def batch(self, statements: Sequence[Statement]) -> list[Result]:
         if self.failing:
             await trio.lowlevel.checkpoint()
             raise D1UnavailableError("sqlite: database is locked")
-        return await self.inner.batch(statements)
-
-    async def execute(self, sql: str, *params: Any) -> Result:
-        return (await self.batch([Statement(sql, params)]))[0]
-
-    def statistics(self) -> Any:
-        return self.inner.statistics()
-
-    async def aclose(self) -> None:
-        await self.inner.aclose()
+        return await super().batch(statements)
 
 
 async def test_a_failed_cycle_fails_its_riders_and_nothing_is_written(

@@ -19,6 +19,7 @@ from deepmox.actors.kind import Kind, Step, StepContext
 from deepmox.actors.registry import Registry
 from deepmox.bindings.d1 import SqliteD1, Statement
 from deepmox.errors import D1UnavailableError
+from tests.helpers import D1Wrapper
 from tests.unit.conftest import BASE
 
 DONE = ("completed", "failed", "cancelled")
@@ -289,12 +290,11 @@ async def test_per_kind_actor_limit(
         assert peak == 2
 
 
-class _LoseAnswerOnce:
+class _LoseAnswerOnce(D1Wrapper):
     """A D1 whose first claim commits but whose answer is lost."""
 
     def __init__(self, inner: SqliteD1) -> None:
-        self.inner = inner
-        self.backend = inner.backend
+        super().__init__(inner)
         self.lost = False
 
     def should_lose(self, statements: Sequence[Statement], results: Sequence[Any]) -> bool:
@@ -302,20 +302,14 @@ class _LoseAnswerOnce:
             any(r.rows for r in results)
 
     async def batch(self, statements: Sequence[Statement]) -> Any:
-        results = await self.inner.batch(statements)
+        results = await super().batch(statements)
         if not self.lost and results and self.should_lose(statements, results):
             self.lost = True
             raise D1UnavailableError("the answer was lost")
         return results
 
     async def execute(self, sql: str, *params: Any) -> Any:
-        return await self.inner.execute(sql, *params)
-
-    def statistics(self) -> Any:
-        return self.inner.statistics()
-
-    async def aclose(self) -> None:
-        await self.inner.aclose()
+        return await self.inner.execute(sql, *params)  # never lost
 
 
 async def test_claim_whose_answer_was_lost_is_adopted(
