@@ -230,6 +230,15 @@ class ReadBack(ReadBackCounter):
         return results
 
 
+def follower(h: Any) -> tuple[ReadBack, Supervisor, FeedHub, FeedClient]:
+    """Daemon "a" on the harness's database, through a :class:`ReadBack`, with
+    one feed client following the fleet from the first event."""
+    d1 = ReadBack(SqliteD1(h.path, in_thread=False))
+    sup = Supervisor(h.cfg, d1, h.registry, node="a", wall=odd_wall)  # type: ignore[arg-type]
+    hub, client = listen(sup)
+    return d1, sup, hub, client
+
+
 def odd_wall() -> float:
     """The virtual wall clock with digits to the last place (times on the
     autojump clock are round, and print the same whoever formats them)."""
@@ -247,9 +256,7 @@ async def test_a_lone_daemon_reads_back_only_what_others_wrote(
         make_harness: MakeHarness, autojump_clock: MockClock) -> None:
     # one lane: its cycles are in order, and it knows all it wrote itself
     async with make_harness("[supervisor]\nmax_actors = 1\n") as h:
-        d1 = ReadBack(SqliteD1(h.path, in_thread=False))
-        sup = Supervisor(h.cfg, d1, h.registry, node="a", wall=odd_wall)  # type: ignore[arg-type]
-        hub, client = listen(sup)
+        d1, sup, hub, client = follower(h)
         async with trio.open_nursery() as nursery:
             await nursery.start(sup.run)
             ids = [(await h.submit("sleep", {"seconds": 0.5, "steps": 2})).id
@@ -271,9 +278,7 @@ async def test_own_and_fleet_events_interleave_in_commit_order(
     # submits; one job's row is broken (its payload does not decode: it
     # fails before any step, an event a cannot know without reading it)
     async with make_harness("[supervisor]\nmax_actors = 4\n") as h:
-        d1 = ReadBack(SqliteD1(h.path, in_thread=False))
-        a = Supervisor(h.cfg, d1, h.registry, node="a", wall=odd_wall)  # type: ignore[arg-type]
-        hub, client = listen(a)
+        d1, a, hub, client = follower(h)
         broken = new_id(wall())
         await h.d1.execute(Q["insert_job"], broken, "noop", '{"bogus": 1}', 0, wall(), 3,
                            None, wall(), wall())
@@ -300,9 +305,7 @@ async def test_own_and_fleet_events_interleave_in_commit_order(
 async def test_none_missing_or_twice_across_a_lost_answer(
         make_harness: MakeHarness, autojump_clock: MockClock) -> None:
     async with make_harness("[supervisor]\nmax_actors = 1\n") as h:
-        d1 = ReadBack(SqliteD1(h.path, in_thread=False))
-        sup = Supervisor(h.cfg, d1, h.registry, node="a", wall=odd_wall)  # type: ignore[arg-type]
-        hub, client = listen(sup)
+        d1, sup, hub, client = follower(h)
         async with trio.open_nursery() as nursery:
             await nursery.start(sup.run)
             first = (await h.submit("noop")).id
