@@ -29,13 +29,14 @@ import math
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
-
-import anthropic
+from typing import TYPE_CHECKING, Any
 
 from ...config import AnthropicConfig, secret
 from ...errors import AIPermanentError, AIRateLimitedError, AIUnavailableError
 from .interface import Completion, Prompt, RateInfo, Usage
+
+if TYPE_CHECKING:
+    import anthropic
 
 NAME = "anthropic"
 UPSTREAM = "ai:anthropic"
@@ -119,6 +120,11 @@ class AnthropicProvider:
 
     def _open(self) -> anthropic.AsyncAnthropic:
         if self._client is None:
+            # the SDK is imported once the provider is used: it costs the
+            # process about 50 MB, which a daemon without an API key (or
+            # with another provider first) should not carry
+            import anthropic
+
             self._client = anthropic.AsyncAnthropic(api_key=self._key, max_retries=0)
         return self._client
 
@@ -131,6 +137,8 @@ class AnthropicProvider:
 
     async def complete(self, prompt: Prompt, *, timeout_s: float,
                        workdir: Path | None = None) -> Completion:
+        import anthropic  # imported by _open already: a lookup
+
         client = self._open()
         messages: Any = [{"role": t.role, "content": t.text} for t in prompt.turns]
         try:
