@@ -4,15 +4,17 @@ One ``deepmox run`` on a SQLite file and the filesystem object store, with its
 HTTP port. This script submits a steady mix through the HTTP API (noop jobs,
 ``sleep`` jobs that need continuations, ``fail`` jobs that recover after
 transient errors, ``fail`` jobs that fail for good, and a short
-``video.transcode`` now and then), scrapes ``/metrics``, and opens and closes
-a websocket feed client, while it samples the daemon's resident memory, open
+``video.transcode`` now and then), scrapes ``/metrics``, opens and closes
+a websocket feed client now and then and keeps another connected throughout
+(a status page left open), while it samples the daemon's resident memory, open
 file descriptors, threads and child processes every ``--sample-s`` seconds.
 
 Targets: after the first ``--warmup-minutes`` (5), no growth beyond 10%
 (the median of the last minute's samples against the median of the minute
 after the warm-up); after the load stops and the queue drains, no child
 process (ffmpeg) left and no scratch folder left; every job in the state its
-kind implies; the daemon drains and exits 0 on SIGTERM.
+kind implies; the daemon drains and exits 0 on SIGTERM; the client that
+stayed connected got every event of its span, once, in order.
 
     .venv/bin/python bench/soak.py [--minutes 30] [--warmup-minutes 5] [--no-record]
 
@@ -35,7 +37,7 @@ from typing import Any
 
 import httpx2
 import trio
-from trio_websocket import open_websocket_url
+from trio_websocket import ConnectionClosed, open_websocket_url
 
 from _harness import Daemon, free_port, prepare, record, workdir, write_config
 from _reliability import record_reliability
@@ -73,6 +75,13 @@ class Load:
     refused: int = 0
     feeds: int = 0
     scrapes: int = 0
+    #: the feed client that stays connected: events, the first and the last
+    #: event id, ids that did not grow, and how it ended
+    watched: int = 0
+    watch_first: int | None = None
+    watch_last: int = 0
+    watch_disorder: int = 0
+    watch_closed: str = ""
 
 
 def proc_status(pid: int) -> dict[str, str]:
@@ -160,6 +169,42 @@ async def side_loop(base: str, load: Load, stop_at: float) -> None:
             await trio.sleep(5)  # wall-clock: the scrape interval
 
 
+async def watcher(base: str, load: Load, stop_at: float) -> None:
+    """A feed client connected for the whole run (a status page left open),
+    reading every event; what it got is checked against the database."""
+    ws = base.replace("http://", "ws://") + "/v1/feed"
+    try:
+        async with open_websocket_url(ws, max_message_size=1 << 24) as socket:
+            while trio.current_time() < stop_at:
+                with trio.move_on_at(stop_at):
+                    frame = await socket.get_message()
+                    for line in str(frame).splitlines():
+                        message = json.loads(line)
+                        if message.get("type") != "event":
+                            continue
+                        event_id = int(message["id"])
+                        if load.watch_first is None:
+                            load.watch_first = event_id
+                        if event_id <= load.watch_last:
+                            load.watch_disorder += 1
+                        load.watch_last = max(load.watch_last, event_id)
+                        load.watched += 1
+            load.watch_closed = "stayed connected"
+    except ConnectionClosed as exc:
+        load.watch_closed = f"closed by the daemon: {exc.reason}"
+
+
+def watched_complete(db: Path, load: Load) -> bool:
+    """Whether the watching client got exactly the events the database holds
+    from its first to its last, in order."""
+    if load.watch_first is None:
+        return False
+    with sqlite3.connect(db, timeout=10) as conn:
+        (stored,) = conn.execute("SELECT count(*) FROM job_events WHERE id BETWEEN ? AND ?",
+                                 (load.watch_first, load.watch_last)).fetchone()
+    return bool(stored == load.watched and load.watch_disorder == 0)
+
+
 async def run_load(base: str, clip: Path, pid: int, db: Path, minutes: float, every_s: float,
                    samples: list[Sample], load: Load) -> None:
     t0 = time.monotonic()
@@ -167,6 +212,7 @@ async def run_load(base: str, clip: Path, pid: int, db: Path, minutes: float, ev
     async with trio.open_nursery() as nursery:
         nursery.start_soon(submit_loop, base, clip, load, stop_at)
         nursery.start_soon(side_loop, base, load, stop_at)
+        nursery.start_soon(watcher, base, load, stop_at)
         while trio.current_time() < stop_at:
             s = await trio.to_thread.run_sync(sample, pid, db, t0)
             samples.append(s)
@@ -282,6 +328,14 @@ def main() -> int:
         failures.append(f"{len(wrong)} jobs not in their expected state, e.g. {wrong[:3]}")
     if daemon_rc != 0:
         failures.append(f"the daemon exited {daemon_rc} on SIGTERM")
+    complete = watched_complete(db, load)
+    watch_line = (f"the feed client connected for the whole run got {load.watched:,} events "
+                  f"({load.watch_closed or 'never connected'}): "
+                  + ("every event the database holds over that span, once, in order"
+                     if complete else f"**not** complete and in order "
+                     f"({load.watch_disorder} out of order)"))
+    if not complete:
+        failures.append(watch_line)
     total = sum(load.submitted.values())
     after = window(samples, warmup_s, end_s + 1) or samples
     backlog = (statistics.median(x.pending for x in after), max(x.pending for x in after))
@@ -293,6 +347,7 @@ def main() -> int:
     print(f"backlog after warm-up: median {backlog[0]:g}, max {backlog[1]}")
     print(f"children after drain: {len(kids)}; scratch folders left: {len(leftovers)}; "
           f"daemon exit {daemon_rc}; RSS at the end {end.rss_mb:.1f} MB")
+    print(watch_line)
     for f in failures:
         print("FAIL:", f)
     if not args.no_record:
@@ -301,7 +356,8 @@ def main() -> int:
             "and the filesystem store, HTTP port on; per second through the HTTP API: "
             + ", ".join(f"{n:g} {k} `{json.dumps(p)}`" for k, p, _, n in MIX)
             + f"; a 4 s `video.transcode` every {VIDEO_EVERY_S:g} s; a `/metrics` scrape "
-            f"every 5 s; a feed client every {FEED_EVERY_S:g} s; samples every "
+            f"every 5 s; a feed client every {FEED_EVERY_S:g} s and one connected throughout; "
+            f"samples every "
             f"{args.sample_s:g} s; budget {BUDGET_S:g} s ({VIDEO_BUDGET_S:g} s for video); target: "
             "growth ≤ "
             f"{GROWTH_LIMIT:.0%} after the first {args.warmup_minutes:g} minutes, nothing "
@@ -317,7 +373,7 @@ def main() -> int:
             f"running after the warm-up: median {backlog[0]:g}, at most {backlog[1]} (the "
             "daemon keeps up); child processes "
             f"after the drain: {len(kids)}; scratch folders left: {len(leftovers)}; the daemon "
-            f"drained and exited {daemon_rc} on SIGTERM."
+            f"drained and exited {daemon_rc} on SIGTERM; {watch_line}."
             + ("" if not failures else "\n\nMissed: " + "; ".join(failures)),
         ])
         record("Soak: one daemon at a steady mixed load", body)
