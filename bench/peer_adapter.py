@@ -11,7 +11,9 @@ With ``DEEPMOX_PEER_SUBMIT=http`` (the row ``deepmox-http``: register it as
 ``"deepmox-http|$PWD/.venv|$PWD/bench/peer_adapter.py|DEEPMOX_PEER_SUBMIT=http"``)
 the latency phase submits with ``POST /v1/jobs`` (http.client, one keep-alive
 connection) to the daemon's HTTP port instead of through the Python client;
-the other phases are the same.
+the other phases are the same. ``DEEPMOX_PEER_SYNC=normal`` runs SQLite with
+``synchronous = "normal"`` (no fsync per commit: what a Redis without
+persistence gives the peers), for the row ``deepmox-http-normal``.
 Same three phases as every peer: enqueue (one by one, and in bulk), throughput
 of one worker process on N pre-queued noop jobs, and latency of 200 ``mark``
 jobs to an idle worker (default settings).
@@ -46,13 +48,15 @@ for suffix in ("", "-wal", "-shm"):
     if (p := Path(str(DB) + suffix)).exists():
         p.unlink()
 HTTP = os.environ.get("DEEPMOX_PEER_SUBMIT") == "http"
+SYNC = os.environ.get("DEEPMOX_PEER_SYNC", "full")
 with socket.socket() as _s:
     _s.bind(("127.0.0.1", 0))
     PORT = int(_s.getsockname()[1])
 CFG = write_config(Path(c.WORK) / "deepmox-peer.toml", sqlite_config(
     DB, f'[supervisor]\nmax_actors = {max(args.concurrency, 200)}\n'
         'kind_modules = ["deepmox_bench_kinds"]\n',
-    listen=f"127.0.0.1:{PORT}" if HTTP else ""))
+    listen=f"127.0.0.1:{PORT}" if HTTP else "").replace(
+        "[server]", f'synchronous = "{SYNC}"\n[server]'))
 cfg = prepare(CFG)
 n = args.n
 
@@ -131,16 +135,18 @@ finally:
     if conn_http is not None:
         conn_http.close()
 res.update({
-    "peer": "deepmox-http" if HTTP else "deepmox-sqlite",
+    "peer": ("deepmox-http" if HTTP else "deepmox-sqlite")
+    + ("" if SYNC == "full" else f"-{SYNC}"),
     "version": f"deepmox {deepmox.__version__}; sqlite {sqlite3.sqlite_version}",
     "n": n, "concurrency": 200,
     "enqueue_per_s": c.rate(n, enq), "enqueue_bulk_per_s": c.rate(n, bulk_s),
-    "notes": ("deepmox run, one process, trio; max_actors 200 (jobs run concurrently as "
-              "tasks); SQLite WAL synchronous=FULL; done = state 'completed' committed with "
-              "a fenced lease token and a 'completed' event row; claims, acks and events "
-              "batched per pull cycle; poll 2 ms busy .. 1 s idle, local submissions wake the "
-              "daemon at once (wake socket); enqueue = Client.submit, bulk = submit_many(1000)"
-              + ("; latency: POST /v1/jobs (http.client, keep-alive) to the daemon's HTTP "
-                 "port" if HTTP else "")),
+    "notes": (
+        "deepmox run, one process, trio; max_actors 200 (jobs run concurrently as tasks); "
+        f"SQLite WAL synchronous={SYNC.upper()}; done = state 'completed' committed with a "
+        "fenced lease token and a 'completed' event row; claims, acks and events batched per "
+        "pull cycle; poll 2 ms busy .. 1 s idle, local submissions wake the daemon at once "
+        "(wake socket); enqueue = Client.submit, bulk = submit_many(1000)"
+        + ("; latency: POST /v1/jobs (http.client, keep-alive) to the daemon's HTTP port"
+           if HTTP else "")),
 })
 c.emit(res)
